@@ -1,0 +1,22 @@
+"""degradation_lib: the library behind the executable edition of
+"Degradation Attacks on Certifiably Robust Neural Networks".
+
+Public API (re-exported here):
+
+* :data:`ABSTAIN`, :class:`Certifier`, :func:`predict_with_defense` (Algorithm 2.1);
+* :func:`load_model` for the committed trained models, :func:`available_models`;
+* :func:`load_mnist`, :func:`load_cifar10`;
+* :class:`LinearCertifier`, the exact certifier for linear classifiers;
+* :func:`project` (Algorithm 3.1's projection) and the attacks;
+* metrics with Clopper–Pearson intervals, per-point results that merge across shards.
+"""
+
+from .certifier import ABSTAIN, Certifier, check_eps, check_input, check_norm, predict_with_defense, resolve_device
+from .data import load_cifar10, load_mnist
+from .exact import LinearCertifier
+from .attacks import project
+from .metrics import Rate, clopper_pearson, degradation_report, rate, upper_bound
+from .registry import available_models, load_model, model_metadata
+from .results import PointResults, merge
+
+__version__ = "0.1.0"

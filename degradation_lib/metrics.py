@@ -1,0 +1,182 @@
+"""Rates of Section 3.3 with Clopper–Pearson intervals, and the upper bound of Section 3.3.2.
+
+Notation (Section 3.3): for a test set with labels y,
+
+* ``test_R``: points that are correct *and* certified at ε (the VRA numerator);
+* ``test_A ⊆ test_R``: points of test_R where a degradation input x' (‖x' − x‖ ≤ ε) is rejected;
+* false-positive rate = |test_A| / |test_R|; utility reduction = |test_A| / |test|;
+* upper bound (Section 3.3.2, tight for monotone certifiers, Appendix A):
+  1 − P[r > 2ε] / P[r > ε] over correct points, r the certified radius (a point is certified at
+  ε exactly when r > ε, the library's convention).
+
+Every rate is a :class:`Rate`: a count k out of n with an exact two-sided Clopper–Pearson
+interval at confidence 1 − α.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from scipy.stats import beta
+
+from .certifier import ABSTAIN
+
+
+def clopper_pearson(k, n, alpha: float = 0.05) -> tuple[np.ndarray, np.ndarray]:
+    """Exact two-sided (1 − α) Clopper–Pearson interval for k successes out of n.
+
+    Vectorised over array-like ``k`` and ``n``. Where n = 0 the interval is [0, 1].
+    """
+    if not 0 < alpha < 1:
+        raise ValueError(f"alpha must be in (0, 1), got {alpha!r}")
+    k = np.asarray(k, dtype=np.float64)
+    n = np.asarray(n, dtype=np.float64)
+    if np.any(k < 0) or np.any(k > n):
+        raise ValueError("need 0 <= k <= n")
+    with np.errstate(invalid="ignore", divide="ignore"):
+        lo = np.where(k > 0, beta.ppf(alpha / 2, k, n - k + 1), 0.0)
+        hi = np.where(k < n, beta.ppf(1 - alpha / 2, k + 1, n - k), 1.0)
+    lo = np.where(n > 0, np.nan_to_num(lo, nan=0.0), 0.0)
+    hi = np.where(n > 0, np.nan_to_num(hi, nan=1.0), 1.0)
+    return lo, hi
+
+
+@dataclass(frozen=True)
+class Rate:
+    """k out of n, with its (1 − alpha) Clopper–Pearson interval [lo, hi]."""
+
+    k: int
+    n: int
+    alpha: float = 0.05
+
+    @property
+    def value(self) -> float:
+        return self.k / self.n if self.n else float("nan")
+
+    @property
+    def interval(self) -> tuple[float, float]:
+        lo, hi = clopper_pearson(self.k, self.n, self.alpha)
+        return float(lo), float(hi)
+
+    @property
+    def lo(self) -> float:
+        return self.interval[0]
+
+    @property
+    def hi(self) -> float:
+        return self.interval[1]
+
+    def __float__(self) -> float:
+        return self.value
+
+    def __str__(self) -> str:
+        lo, hi = self.interval
+        return f"{self.value:.1%} [{lo:.1%}, {hi:.1%}] ({self.k}/{self.n})"
+
+
+def rate(mask, of=None, alpha: float = 0.05) -> Rate:
+    """The :class:`Rate` of boolean ``mask`` among the entries where ``of`` is true (all if None)."""
+    mask = torch.as_tensor(mask, dtype=torch.bool)
+    of = torch.ones_like(mask) if of is None else torch.as_tensor(of, dtype=torch.bool)
+    if mask.shape != of.shape:
+        raise ValueError(f"mask and of must have the same shape, got {tuple(mask.shape)} and {tuple(of.shape)}")
+    return Rate(int((mask & of).sum()), int(of.sum()), alpha)
+
+
+def test_R(y: torch.Tensor, certified_labels: torch.Tensor) -> torch.Tensor:
+    """Boolean ``[N]``: correct and certified at ε (``certified_labels`` from ``certify(x, ε)``)."""
+    return (certified_labels == y) & (certified_labels != ABSTAIN)
+
+
+def test_A(y: torch.Tensor, certified_labels: torch.Tensor, attacked_labels: torch.Tensor) -> torch.Tensor:
+    """Boolean ``[N]``: in test_R and rejected at the attack point (``certify(x', ε) == ABSTAIN``)."""
+    return test_R(y, certified_labels) & (attacked_labels == ABSTAIN)
+
+
+@dataclass(frozen=True)
+class DegradationReport:
+    """The rates of Tables 1-2: VRA, false-positive rate, utility reduction (and VRA at 2ε)."""
+
+    vra: Rate
+    false_positive_rate: Rate
+    utility_reduction: Rate
+    vra_2eps: Rate | None = None
+    flipped: Rate | None = None   # test_R points whose attacked label is another class (must be 0)
+
+    def as_dict(self) -> dict:
+        out = {}
+        for name in ("vra", "false_positive_rate", "utility_reduction", "vra_2eps", "flipped"):
+            r = getattr(self, name)
+            if r is not None:
+                out[name] = dict(k=r.k, n=r.n, value=r.value, lo=r.lo, hi=r.hi)
+        return out
+
+
+def degradation_report(y, certified_labels, attacked_labels, certified_labels_2eps=None,
+                       alpha: float = 0.05) -> DegradationReport:
+    """Rates of Section 3.3.1 from per-point labels (all int64 ``[N]``, ``ABSTAIN`` = ⊥).
+
+    Args:
+        y: true labels.
+        certified_labels: ``certify(x, ε)`` at the clean points.
+        attacked_labels: ``certify(x', ε)`` at the degradation inputs x'.
+        certified_labels_2eps: optional ``certify(x, 2ε)``, for the VRA at 2ε.
+    """
+    y, c, a = (torch.as_tensor(t) for t in (y, certified_labels, attacked_labels))
+    R = test_R(y, c)
+    A = test_A(y, c, a)
+    flipped = R & (a != ABSTAIN) & (a != y)
+    ones = torch.ones_like(R)
+    return DegradationReport(
+        vra=rate(R, ones, alpha),
+        false_positive_rate=rate(A, R, alpha),
+        utility_reduction=rate(A, ones, alpha),
+        vra_2eps=None if certified_labels_2eps is None else rate(test_R(y, torch.as_tensor(certified_labels_2eps)), ones, alpha),
+        flipped=rate(flipped, R, alpha),
+    )
+
+
+def upper_bound(radius, correct, eps, alpha: float = 0.05) -> dict[str, np.ndarray]:
+    """Upper bound on the false-positive rate, 1 − P[r > 2ε]/P[r > ε], over a grid of ε.
+
+    One certification pass gives the radii; this evaluates any number of radii at once.
+
+    Args:
+        radius: float ``[N]`` certified radii (0 where not certified).
+        correct: bool ``[N]``, the certifier's label equals the true label.
+        eps: scalar or ``[E]`` grid of ε.
+
+    Returns:
+        dict of numpy ``[E]`` arrays: ``eps``, ``upper_bound`` (NaN where nothing is certified at
+        ε), its Clopper–Pearson ``lo``/``hi``, counts ``n_eps`` = |test_R| and ``n_lost`` =
+        |{correct, ε < r ≤ 2ε}|, ``vra`` and ``vra_2eps``.
+    """
+    r = torch.as_tensor(radius, dtype=torch.float64).flatten()
+    ok = torch.as_tensor(correct, dtype=torch.bool).flatten()
+    if r.shape != ok.shape:
+        raise ValueError(f"radius and correct must have the same length, got {r.numel()} and {ok.numel()}")
+    eps_arr = np.atleast_1d(np.asarray(eps, dtype=np.float64))
+    if np.any(~np.isfinite(eps_arr)) or np.any(eps_arr <= 0):
+        raise ValueError("eps must be positive and finite")
+    rc = np.sort(r[ok].numpy())
+    n_total = r.numel()
+    # count of correct radii strictly greater than t: len − searchsorted(right)
+    above = lambda t: rc.size - np.searchsorted(rc, t, side="right")
+    n_eps = above(eps_arr)
+    n_2eps = above(2 * eps_arr)
+    n_lost = n_eps - n_2eps
+    with np.errstate(invalid="ignore", divide="ignore"):
+        ub = np.where(n_eps > 0, n_lost / np.maximum(n_eps, 1), np.nan)
+    lo, hi = clopper_pearson(n_lost, n_eps, alpha)
+    return dict(eps=eps_arr, upper_bound=ub, lo=lo, hi=hi, n_eps=n_eps, n_lost=n_lost,
+                vra=n_eps / max(n_total, 1), vra_2eps=n_2eps / max(n_total, 1))
+
+
+__all__ = ["clopper_pearson", "Rate", "rate", "test_R", "test_A", "DegradationReport",
+           "degradation_report", "upper_bound"]
+
+# These are metric names from the paper, not tests: keep pytest from collecting them.
+test_R.__test__ = False
+test_A.__test__ = False
