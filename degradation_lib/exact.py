@@ -75,7 +75,7 @@ class LinearCertifier(Certifier):
     def margins(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Labels j ``[N]``, margins y_j − y_i ``[N, C]`` and dual norms ‖w_j − w_i‖_q ``[N, C]``.
 
-        The entries i = j are set to +inf so that a minimum over i skips them.
+        The entries i = j hold margin +inf and norm 1, so that a minimum of margin/norm skips them.
         """
         x = self._check(x).to(self.model.weight.dtype)
         y = self.model(x)
@@ -85,7 +85,7 @@ class LinearCertifier(Certifier):
         gnorm = torch.linalg.vector_norm(diff, ord=dual_norm(self.norm), dim=2)  # [N, C]
         top = torch.nn.functional.one_hot(j, self.num_classes).bool()
         margin = margin.masked_fill(top, math.inf)
-        gnorm = gnorm.masked_fill(top, math.inf)
+        gnorm = gnorm.masked_fill(top, 1.0)
         return j, margin, gnorm
 
     def certified_radius(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
