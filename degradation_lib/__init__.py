@@ -14,6 +14,8 @@ Public API (re-exported here):
 from .certifier import ABSTAIN, Certifier, check_eps, check_input, check_norm, predict_with_defense, resolve_device
 from .data import load_cifar10, load_mnist
 from .exact import LinearCertifier
+from .gloro import (ARCHITECTURES, GloroCertifier, GloroNet, LipschitzConv2d, LipschitzLinear, MinMax,
+                    certified_radius_from_logits, gloro_logits, gloro_loss, minmax)
 from .attacks import project
 from .metrics import Rate, clopper_pearson, degradation_report, rate, upper_bound
 from .registry import available_models, load_model, model_metadata
