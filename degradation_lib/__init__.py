@@ -16,7 +16,8 @@ from .data import load_cifar10, load_mnist
 from .exact import LinearCertifier
 from .gloro import (ARCHITECTURES, GloroCertifier, GloroNet, LipschitzConv2d, LipschitzLinear, MinMax,
                     certified_radius_from_logits, gloro_logits, gloro_loss, minmax)
-from .attacks import project
+from .attacks import (default_attack, degradation_attack, eps_pgd, foolbox_attack, multitarget_pgd, pgd,
+                      pgd_ascent, project, rejection_pgd)
 from .metrics import Rate, clopper_pearson, degradation_report, rate, upper_bound
 from .registry import available_models, load_model, model_metadata
 from .results import PointResults, merge

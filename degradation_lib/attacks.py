@@ -1,15 +1,37 @@
-"""Attacks: the projection step of Algorithm 3.1 (PGD, Algorithm 3.1 and ε-PGD follow here).
+"""Attacks: PGD, Algorithm 3.1 (the degradation attack), ε-PGD (Appendix B.1) and an adapter
+for off-the-shelf attacks.
 
-All attacks take and return batched inputs ``[N, ...]`` in [0, 1].
+The attack contract
+-------------------
+Every attack here is (or builds) a callable ``attack(certifier, x, radius) -> x_adv`` with
+
+* ``x``: a batch ``[N, ...]`` with values in [0, 1];
+* ``x_adv``: same shape, ‖x_adv − x‖_p ≤ radius in ``certifier.norm`` (up to float rounding)
+  and values in [0, 1];
+* the model's train/eval mode (of every submodule) left as it was found.
+
+Extra settings (steps, step size, loss, generator, ...) are keyword arguments; bind them with
+:func:`functools.partial` to get a contract-shaped callable, e.g.
+``functools.partial(pgd, steps=100, loss="margin")``.
+
+Randomness (the random start) comes from an explicit ``torch.Generator``; when none is given a
+fresh generator seeded with 0 is used, so results never depend on global RNG state.
 """
 
 from __future__ import annotations
 
+import contextlib
+import functools
 import math
+from typing import Callable
 
 import torch
+from torch import nn
 
-from .certifier import check_eps, check_norm
+from .certifier import Certifier, check_eps, check_input, check_norm
+
+Attack = Callable[[Certifier, torch.Tensor, float], torch.Tensor]
+"""The attack contract: ``attack(certifier, x, radius) -> x_adv``."""
 
 
 def project(x: torch.Tensor, x_adv: torch.Tensor, eps: float, norm: float) -> torch.Tensor:
@@ -47,4 +69,402 @@ def project(x: torch.Tensor, x_adv: torch.Tensor, eps: float, norm: float) -> to
     return (x + delta).clamp(0.0, 1.0)
 
 
-__all__ = ["project"]
+# --------------------------------------------------------------------------------------------
+# helpers
+# --------------------------------------------------------------------------------------------
+
+@contextlib.contextmanager
+def eval_mode(model: nn.Module):
+    """Put every submodule of ``model`` in eval mode; restore each one's own mode on exit."""
+    modes = [(m, m.training) for m in model.modules()]
+    model.eval()
+    try:
+        yield model
+    finally:
+        for m, training in modes:
+            m.training = training
+
+
+def _model_and_norm(certifier, norm) -> tuple[nn.Module, float]:
+    if isinstance(certifier, Certifier):
+        model = certifier.model
+        norm = certifier.norm if norm is None else norm
+    elif isinstance(certifier, nn.Module):
+        model = certifier
+        if norm is None:
+            raise ValueError("norm must be given when attacking a bare nn.Module (a Certifier carries its own)")
+    else:
+        raise ValueError(f"certifier must be a degradation_lib.Certifier or an nn.Module, got {type(certifier).__name__}")
+    norm = check_norm(norm)
+    if norm not in (2.0, math.inf):
+        raise ValueError(f"norm must be 2 or float('inf') for these attacks, got {norm!r}")
+    return model, norm
+
+
+def _forward(model: nn.Module, z: torch.Tensor) -> torch.Tensor:
+    """``model(z)`` with ``z`` cast to the dtype of the model's parameters (if it has any)."""
+    p = next(model.parameters(), None)
+    if p is not None and p.is_floating_point() and p.dtype != z.dtype:
+        z = z.to(p.dtype)
+    return model(z)
+
+
+def own_prediction(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """argmax of the logits ``model(x)``: the label PGD attacks by default (int64 ``[N]``)."""
+    with torch.no_grad(), eval_mode(model):
+        return _forward(model, x).argmax(dim=1)
+
+
+def cross_entropy_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """Per-example cross-entropy ``[N]``."""
+    return nn.functional.cross_entropy(logits, labels, reduction="none")
+
+
+def margin_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """Per-example margin loss ``max_{i≠y} z_i − z_y`` ``[N]`` (> 0 exactly where y is not the top class)."""
+    z_y = logits.gather(1, labels[:, None])[:, 0]
+    others = logits.masked_fill(nn.functional.one_hot(labels, logits.shape[1]).bool(), -math.inf)
+    return others.max(dim=1).values - z_y
+
+
+LOSSES: dict[str, Callable] = {"ce": cross_entropy_loss, "margin": margin_loss}
+
+
+def _random_start(x: torch.Tensor, radius: float, norm: float, generator: torch.Generator) -> torch.Tensor:
+    """A uniform point of the ``radius``-ball around each example (then clipped to [0, 1])."""
+    if norm == math.inf:
+        u = torch.rand(x.shape, generator=generator, device=generator.device, dtype=x.dtype).to(x.device)
+        return (x + (2 * u - 1) * radius).clamp(0, 1)
+    d = x[0].numel()
+    g = torch.randn(x.shape, generator=generator, device=generator.device, dtype=x.dtype).to(x.device)
+    g = g.flatten(1)
+    g = g / torch.linalg.vector_norm(g, dim=1, keepdim=True).clamp_min(torch.finfo(x.dtype).tiny)
+    r = torch.rand(x.shape[0], 1, generator=generator, device=generator.device, dtype=x.dtype).to(x.device)
+    delta = (g * radius * r.pow(1.0 / d)).view_as(x)
+    return project(x, x + delta, radius, norm)
+
+
+def _generator(generator: torch.Generator | None, x: torch.Tensor) -> torch.Generator:
+    if generator is None:
+        return torch.Generator(device="cpu").manual_seed(0)
+    if not isinstance(generator, torch.Generator):
+        raise ValueError(f"generator must be a torch.Generator or None, got {type(generator).__name__}")
+    return generator
+
+
+def _check_steps(steps) -> int:
+    if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
+        raise ValueError(f"steps must be an integer >= 1, got {steps!r}")
+    return steps
+
+
+def pgd_ascent(objective: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor, radius: float,
+               norm: float, *, steps: int = 50, step_size: float | None = None, rel_step: float = 0.025,
+               random_start: bool = True, generator: torch.Generator | None = None,
+               keep_best: bool = True) -> torch.Tensor:
+    """Projected gradient *ascent* of a per-example objective over the ℓp ball ∩ [0, 1].
+
+    The engine behind :func:`pgd`; use it directly for objectives that are not a loss of the
+    logits (e.g. a certifier's rejection score, or a model averaged over noise samples).
+
+    Each step moves by ``step_size`` along the ℓ2-normalised gradient (ℓ2) or the gradient's
+    sign (ℓ∞) -- a zero gradient means no move, never NaN -- then applies :func:`project`
+    (ball of ``radius`` around ``x`` and the box [0, 1]).
+
+    Args:
+        objective: maps a batch ``[N, ...]`` to a differentiable ``[N]`` score to maximise.
+        x: clean inputs ``[N, ...]`` in [0, 1].
+        radius: ball radius > 0.
+        norm: 2 or inf.
+        steps: number of gradient steps, ≥ 1.
+        step_size: absolute step; default ``rel_step * radius``.
+        rel_step: step relative to the radius (0.025 with 50 steps, as the paper's authors ran
+            foolbox's L2PGD).
+        random_start: start from a uniform point of the ball (drawn from ``generator``)
+            instead of ``x``.
+        generator: ``torch.Generator`` for the random start (default: a fresh one seeded 0).
+        keep_best: return, per example, the iterate with the highest objective seen (including
+            the last); otherwise the last iterate.
+
+    Returns:
+        ``x_adv`` ``[N, ...]`` (detached), ‖x_adv − x‖_p ≤ radius, values in [0, 1].
+    """
+    x = check_input(x)
+    radius = check_eps(radius, "radius")
+    norm = check_norm(norm)
+    if norm not in (2.0, math.inf):
+        raise ValueError(f"norm must be 2 or float('inf') for PGD, got {norm!r}")
+    steps = _check_steps(steps)
+    if step_size is None:
+        rel_step = check_eps(rel_step, "rel_step")
+        step_size = rel_step * radius
+    step_size = check_eps(step_size, "step_size")
+    x = x.detach()
+    if x.shape[0] == 0:
+        return x.clone()
+    z = _random_start(x, radius, norm, _generator(generator, x)) if random_start else x.clone()
+    best = z.clone()
+    best_val = torch.full((x.shape[0],), -math.inf, dtype=torch.float64, device=x.device)
+
+    def evaluate(z):
+        z = z.detach().requires_grad_(True)
+        with torch.enable_grad():
+            val = objective(z)
+            if val.shape != (x.shape[0],):
+                raise ValueError(f"objective must return one value per example, shape [{x.shape[0]}], "
+                                 f"got {tuple(val.shape)}")
+            grad, = torch.autograd.grad(val.sum(), z, allow_unused=True)
+        if grad is None:
+            grad = torch.zeros_like(z)
+        return val.detach().to(torch.float64), grad.detach()
+
+    for _ in range(steps):
+        val, grad = evaluate(z)
+        if keep_best:
+            better = val > best_val
+            best[better] = z[better]
+            best_val = torch.where(better, val, best_val)
+        grad = torch.nan_to_num(grad, nan=0.0, posinf=0.0, neginf=0.0)
+        if norm == 2.0:
+            flat = grad.flatten(1)
+            length = torch.linalg.vector_norm(flat, dim=1, keepdim=True)
+            unit = torch.where(length > 0, flat / length.clamp_min(torch.finfo(flat.dtype).tiny),
+                               torch.zeros_like(flat)).view_as(grad)
+        else:
+            unit = grad.sign()
+        z = project(x, z + step_size * unit, radius, norm)
+    if not keep_best:
+        return z.detach()
+    with torch.no_grad():
+        val = objective(z).detach().to(torch.float64)
+    better = val > best_val
+    best[better] = z[better]
+    return best.detach()
+
+
+def pgd(certifier, x: torch.Tensor, radius: float, *, labels: torch.Tensor | None = None,
+        targeted: bool = False, loss: str | Callable = "ce", norm: float | None = None,
+        steps: int = 50, step_size: float | None = None, rel_step: float = 0.025,
+        random_start: bool = True, generator: torch.Generator | None = None,
+        keep_best: bool = True) -> torch.Tensor:
+    """Projected gradient descent (Madry et al., 2018) under ℓ2 or ℓ∞; fits the attack contract.
+
+    Untargeted: maximise ``loss(logits, labels)`` (move away from ``labels``); targeted:
+    minimise ``loss(logits, labels)`` with ``labels`` the targets.
+
+    Args:
+        certifier: a :class:`Certifier` (its ``model`` and ``norm`` are used) or a bare
+            ``nn.Module`` returning logits (then ``norm`` is required).
+        x: inputs ``[N, ...]`` in [0, 1].
+        radius: ℓp radius > 0.
+        labels: int64 ``[N]``; default: the model's own prediction at ``x`` (as the paper's
+            authors attacked GloRo nets: degradation needs no true label).
+        targeted: see above (``labels`` are then required).
+        loss: ``"ce"`` (cross-entropy), ``"margin"`` (max_{i≠y} z_i − z_y) or a callable
+            ``loss(logits [N, C], labels [N]) -> [N]``.
+        norm: overrides ``certifier.norm`` (2 or inf).
+        steps, step_size, rel_step, random_start, generator, keep_best: see :func:`pgd_ascent`.
+
+    Returns:
+        ``x_adv`` ``[N, ...]``, ‖x_adv − x‖_p ≤ radius, values in [0, 1]; the model's train/eval
+        mode is left as found (the attack itself runs the model in eval mode).
+    """
+    model, norm = _model_and_norm(certifier, norm)
+    x = check_input(x)
+    radius = check_eps(radius, "radius")
+    _check_steps(steps)
+    if isinstance(loss, str):
+        if loss not in LOSSES:
+            raise ValueError(f"loss must be one of {sorted(LOSSES)} or a callable, got {loss!r}")
+        loss_fn = LOSSES[loss]
+    elif callable(loss):
+        loss_fn = loss
+    else:
+        raise ValueError(f"loss must be one of {sorted(LOSSES)} or a callable, got {loss!r}")
+    if labels is None:
+        if targeted:
+            raise ValueError("targeted=True needs labels (the target classes)")
+        labels = own_prediction(model, x)
+    labels = torch.as_tensor(labels, device=x.device)
+    if labels.shape != (x.shape[0],) or labels.is_floating_point():
+        raise ValueError(f"labels must be an integer tensor of shape [{x.shape[0]}], got {tuple(labels.shape)}")
+    labels = labels.long()
+    sign = -1.0 if targeted else 1.0
+
+    def objective(z):
+        return sign * loss_fn(_forward(model, z), labels)
+
+    with eval_mode(model):
+        return pgd_ascent(objective, x, radius, norm, steps=steps, step_size=step_size, rel_step=rel_step,
+                          random_start=random_start, generator=generator, keep_best=keep_best)
+
+
+def multitarget_pgd(certifier, x: torch.Tensor, radius: float, *, labels: torch.Tensor | None = None,
+                    norm: float | None = None, **pgd_kwargs) -> torch.Tensor:
+    """The strongest of C − 1 targeted attacks: for each class t ≠ y, maximise z_t − z_y.
+
+    Per example, returns the candidate with the largest final ``max_t (z_t − z_y)``. On a linear
+    classifier each objective is linear, so (away from the box [0, 1] and with enough steps)
+    each run reaches the exact maximiser and the result is an exact attack: it changes the
+    label whenever some point of the ball has another label. Costs C − 1 PGD runs.
+
+    Args: as :func:`pgd` (``labels``: the class to move away from, default the own prediction);
+    ``pgd_kwargs`` go to :func:`pgd_ascent`.
+    """
+    model, norm = _model_and_norm(certifier, norm)
+    x = check_input(x)
+    radius = check_eps(radius, "radius")
+    if labels is None:
+        labels = own_prediction(model, x)
+    labels = torch.as_tensor(labels, device=x.device).long()
+    if labels.shape != (x.shape[0],):
+        raise ValueError(f"labels must have shape [{x.shape[0]}], got {tuple(labels.shape)}")
+    with eval_mode(model):
+        with torch.no_grad():
+            num_classes = _forward(model, x[:1]).shape[1]
+        best = x.detach().clone()
+        best_val = torch.full((x.shape[0],), -math.inf, dtype=torch.float64, device=x.device)
+        for t in range(num_classes):
+            target = torch.full_like(labels, t)
+            active = labels != t
+
+            def objective(z, target=target):
+                logits = _forward(model, z)
+                return logits.gather(1, target[:, None])[:, 0] - logits.gather(1, labels[:, None])[:, 0]
+
+            cand = pgd_ascent(objective, x, radius, norm, **pgd_kwargs)
+            with torch.no_grad():
+                val = objective(cand).to(torch.float64)
+            better = active & (val > best_val)
+            best[better] = cand[better]
+            best_val = torch.where(better, val, best_val)
+    return best
+
+
+# --------------------------------------------------------------------------------------------
+# degradation attacks
+# --------------------------------------------------------------------------------------------
+
+def rejection_pgd(certifier: Certifier, eps: float, **pgd_kwargs) -> Attack:
+    """An attack (contract-shaped) that aims directly at the certifier's rejection at ε.
+
+    Needs the optional hook ``certifier.rejection_loss(x, labels, eps) -> [N]``: a differentiable
+    score that is > 0 where ``certify(x, eps)`` does not return ``labels`` (for a Lipschitz-margin
+    certifier such as GloRo: y_⊥ − y_label). Called with radius 2ε inside Algorithm 3.1, it
+    ascends the score *at the projected point* ``project(x, z, ε)``, so the point Algorithm 3.1
+    returns is the one the attack optimised. ``labels`` default to the model's own prediction at x.
+    """
+    if not callable(getattr(certifier, "rejection_loss", None)):
+        raise ValueError(f"{type(certifier).__name__} has no rejection_loss(x, labels, eps) hook")
+    eps = check_eps(eps)
+
+    def attack(certifier_, x, radius):
+        model, norm = _model_and_norm(certifier_, None)
+        x = check_input(x)
+        labels = own_prediction(model, x)
+        with eval_mode(model):
+            def objective(z):
+                return certifier_.rejection_loss(project(x, z, min(eps, radius), norm), labels, eps)
+            return pgd_ascent(objective, x, radius, norm, **pgd_kwargs)
+
+    return attack
+
+
+def default_attack(certifier: Certifier, eps: float) -> Attack:
+    """The attack :func:`degradation_attack` runs when none is given.
+
+    * If the certifier exposes ``rejection_loss(x, labels, eps)``: :func:`rejection_pgd`, which
+      targets the rejection itself;
+    * otherwise the paper's choice: untargeted ℓp PGD with cross-entropy against the model's own
+      prediction (50 steps, relative step 0.025, random start from a generator seeded 0).
+    """
+    if callable(getattr(certifier, "rejection_loss", None)):
+        return rejection_pgd(certifier, eps)
+    return pgd
+
+
+def degradation_attack(certifier: Certifier, x: torch.Tensor, eps: float, attack: Attack | None = None) -> torch.Tensor:
+    """Algorithm 3.1, DegradationAttack(f, x, ε, ℓp), with ℓp = ``certifier.norm``.
+
+    ``x'' = attack(certifier, x, 2ε)``, then ``x' = project(x, x'', ε, ℓp)``. The attack succeeds
+    at a point certified at ε when ``certifier.certify(x', ε) == ABSTAIN``; it can never change
+    that point's label (x' is in the certified ε-ball), only make the defense reject it.
+
+    Args:
+        certifier: the defended model (its ``norm`` is the threat model).
+        x: valid inputs ``[N, ...]`` in [0, 1].
+        eps: ε > 0.
+        attack: any callable under the attack contract (``attack(certifier, x, radius)``),
+            e.g. :func:`pgd`, ``functools.partial(pgd, steps=200)``, :func:`multitarget_pgd` or
+            :func:`foolbox_attack` (L2PGD); default :func:`default_attack`.
+
+    Returns:
+        ``x'`` ``[N, ...]`` with ‖x' − x‖_p ≤ ε (float tolerance) and values in [0, 1].
+    """
+    if not isinstance(certifier, Certifier):
+        raise ValueError(f"certifier must implement degradation_lib.Certifier, got {type(certifier).__name__}")
+    eps = check_eps(eps)
+    x = check_input(x)
+    norm = check_norm(certifier.norm)
+    if norm not in (2.0, math.inf):
+        raise ValueError(f"degradation_attack supports norm 2 or inf, got {norm!r}")
+    if attack is None:
+        attack = default_attack(certifier, eps)
+    elif not callable(attack):
+        raise ValueError(f"attack must be callable as attack(certifier, x, radius), got {type(attack).__name__}")
+    x2 = attack(certifier, x, 2 * eps)
+    if not isinstance(x2, torch.Tensor) or x2.shape != x.shape:
+        raise ValueError(f"attack must return a tensor of shape {tuple(x.shape)}, got "
+                         f"{getattr(x2, 'shape', type(x2).__name__)}")
+    return project(x, x2.detach().to(x.dtype), eps, norm)
+
+
+def eps_pgd(certifier: Certifier, x: torch.Tensor, eps: float, **pgd_kwargs) -> torch.Tensor:
+    """ε-PGD (Appendix B.1): PGD with an ε bound instead of 2ε, returned without projection.
+
+    ``pgd(certifier, x, ε, **pgd_kwargs)``: by default untargeted cross-entropy against the
+    model's own prediction. Returns ``x'`` with ‖x' − x‖_p ≤ ε, values in [0, 1].
+    """
+    if not isinstance(certifier, Certifier):
+        raise ValueError(f"certifier must implement degradation_lib.Certifier, got {type(certifier).__name__}")
+    return pgd(certifier, x, check_eps(eps), **pgd_kwargs)
+
+
+# --------------------------------------------------------------------------------------------
+# off-the-shelf attacks
+# --------------------------------------------------------------------------------------------
+
+def foolbox_attack(fb_attack, generator: torch.Generator | None = None) -> Attack:
+    """Wrap a foolbox 3 attack (e.g. ``foolbox.attacks.L2PGD()``) into the attack contract.
+
+    The wrapped attack is run untargeted against the model's own prediction with
+    ``epsilons=radius`` and bounds (0, 1), in eval mode; its clipped output is projected once
+    more (float tolerance). Foolbox draws its random start from torch's global RNG: the
+    adapter seeds it from ``generator`` (default seeded 0) inside ``torch.random.fork_rng``,
+    so the global RNG state is left untouched and runs are reproducible.
+    """
+    import foolbox as fb  # optional dependency, pinned in requirements.txt
+
+    if not isinstance(fb_attack, fb.attacks.base.Attack):
+        raise ValueError(f"fb_attack must be a foolbox attack instance, got {type(fb_attack).__name__}")
+    gen = torch.Generator(device="cpu").manual_seed(0) if generator is None else generator
+
+    def attack(certifier, x, radius):
+        model, norm = _model_and_norm(certifier, None)
+        x = check_input(x)
+        radius = check_eps(radius, "radius")
+        labels = own_prediction(model, x)
+        seed = int(torch.randint(0, 2**62, (1,), generator=gen))
+        devices = [x.device] if x.device.type == "cuda" else []
+        with eval_mode(model), torch.random.fork_rng(devices=devices):
+            torch.manual_seed(seed)
+            fmodel = fb.PyTorchModel(model, bounds=(0, 1), device=x.device)
+            _, clipped, _ = fb_attack(fmodel, x, labels, epsilons=radius)
+        return project(x, clipped.detach(), radius, norm)
+
+    return attack
+
+
+__all__ = ["Attack", "project", "pgd", "pgd_ascent", "multitarget_pgd", "rejection_pgd", "default_attack",
+           "degradation_attack", "eps_pgd", "foolbox_attack", "cross_entropy_loss", "margin_loss",
+           "own_prediction", "eval_mode"]
