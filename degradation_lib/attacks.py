@@ -345,17 +345,25 @@ def multitarget_pgd(certifier, x: torch.Tensor, radius: float, *, labels: torch.
 # degradation attacks
 # --------------------------------------------------------------------------------------------
 
-def rejection_pgd(certifier: Certifier, eps: float, **pgd_kwargs) -> Attack:
+def rejection_pgd(certifier: Certifier, eps: float, rejection_loss: Callable | None = None,
+                  **pgd_kwargs) -> Attack:
     """An attack (contract-shaped) that aims directly at the certifier's rejection at ε.
 
-    Needs the optional hook ``certifier.rejection_loss(x, labels, eps) -> [N]``: a differentiable
-    score that is > 0 where ``certify(x, eps)`` does not return ``labels`` (for a Lipschitz-margin
-    certifier such as GloRo: y_⊥ − y_label). Called with radius 2ε inside Algorithm 3.1, it
-    ascends the score *at the projected point* ``project(x, z, ε)``, so the point Algorithm 3.1
-    returns is the one the attack optimised. ``labels`` default to the model's own prediction at x.
+    The rejection score is ``rejection_loss(x, labels, eps) -> [N]``, a differentiable score that
+    is > 0 where ``certify(x, eps)`` does not return ``labels`` (for a Lipschitz-margin
+    certifier such as GloRo: y_⊥ − y_label). It defaults to the optional hook
+    ``certifier.rejection_loss``. Called with radius 2ε inside Algorithm 3.1, the attack ascends
+    the score *at the projected point* ``project(x, z, ε)``, so the point Algorithm 3.1 returns is
+    the one the attack optimised. ``labels`` are the model's own prediction at x;
+    ``pgd_kwargs`` go to :func:`pgd_ascent`.
     """
-    if not callable(getattr(certifier, "rejection_loss", None)):
-        raise ValueError(f"{type(certifier).__name__} has no rejection_loss(x, labels, eps) hook")
+    if rejection_loss is None:
+        rejection_loss = getattr(certifier, "rejection_loss", None)
+        if not callable(rejection_loss):
+            raise ValueError(f"{type(certifier).__name__} has no rejection_loss(x, labels, eps) hook; "
+                             "pass rejection_loss explicitly")
+    elif not callable(rejection_loss):
+        raise ValueError(f"rejection_loss must be callable as rejection_loss(x, labels, eps), got {rejection_loss!r}")
     eps = check_eps(eps)
 
     def attack(certifier_, x, radius):
@@ -364,7 +372,7 @@ def rejection_pgd(certifier: Certifier, eps: float, **pgd_kwargs) -> Attack:
         labels = own_prediction(model, x)
         with eval_mode(model):
             def objective(z):
-                return certifier_.rejection_loss(project(x, z, min(eps, radius), norm), labels, eps)
+                return rejection_loss(project(x, z, min(eps, radius), norm), labels, eps)
             return pgd_ascent(objective, x, radius, norm, **pgd_kwargs)
 
     return attack

@@ -296,8 +296,14 @@ def test_default_attack_uses_the_rejection_hook_when_present():
     m = (r > eps) & ((r - 2 * eps).abs() > 1e-7 * eps)
     assert (lp(xp - x, 2.0) <= eps * (1 + 1e-9)).all()
     assert torch.equal((hooked.certify(xp, eps) == ABSTAIN)[m], (r <= 2 * eps)[m])
+    # the same score passed explicitly to a certifier without the hook gives the same points
+    explicit = rejection_pgd(plain, eps, rejection_loss=hooked.rejection_loss, steps=60, rel_step=0.05,
+                             random_start=False)
+    assert torch.equal(degradation_attack(plain, x, eps, attack=explicit), xp)
     with pytest.raises(ValueError, match="rejection_loss"):
         rejection_pgd(plain, 0.1)
+    with pytest.raises(ValueError, match="rejection_loss"):
+        rejection_pgd(plain, 0.1, rejection_loss=3)
 
 
 @pytest.mark.parametrize("norm", NORMS)
