@@ -1,6 +1,6 @@
 # Two commands do all the set-up on a fresh clone:
 #   make book   -> .venv, execute every notebook at its defaults (papermill), build _build/html
-#   make test   -> .venv, library tests, nbval over every notebook, and a -W book build
+#   make test   -> .venv, a -W book build, then library tests + nbval over every notebook
 SHELL := /bin/bash
 .SHELLFLAGS := -eu -o pipefail -c
 PYTHON ?= python3
@@ -44,7 +44,10 @@ test-notebooks: $(STAMP)
 test-book: $(STAMP)
 	$(BIN)/jupyter-book build --all -W --keep-going .
 
-test: test-lib test-notebooks test-book
+# The book build first, then one pytest run over the library tests and the notebooks (nbval),
+# so that the run ends with pytest's summary line.
+test: test-book $(STAMP)
+	$(BIN)/python -m pytest -q -p no:cacheprovider --nbval --nbval-current-env --nbval-sanitize-with tests/nbval_sanitize.cfg tests $(IPYNBS)
 
 clean:
 	rm -rf _build
