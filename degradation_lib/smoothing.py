@@ -1,0 +1,303 @@
+"""Randomized smoothing (Cohen et al., 2019): the stochastic certified defense of Section 4.
+
+Given a base classifier f (any network mapping inputs to logits), the *smoothed* classifier is
+
+    g(x) = argmax_c  P_{ζ ~ N(0, σ² I)} [ f(x + ζ) = c ].
+
+If the top class c_A has probability p_A ≥ p̲_A > 1/2, then g is constant on the ℓ2 ball of
+radius R = σ·Φ⁻¹(p̲_A) around x (Cohen et al., Theorem 1). g has no closed form, so both its
+prediction and its radius are estimated by Monte Carlo:
+
+* CERTIFY(f, σ, x, n0, n, α): n0 noisy samples select a guess ĉ_A, n fresh samples count
+  n_A = #{f(x + ζ_i) = ĉ_A}; p̲_A is the one-sided (1 − α) Clopper–Pearson lower bound on p_A.
+  Abstain (⊥) when p̲_A < 1/2, else return ĉ_A with radius σ·Φ⁻¹(p̲_A). With probability at
+  least 1 − α over the noise, a returned (ĉ_A, R) is correct: g(x) = ĉ_A and g is robust on the
+  ball of radius R.
+* PREDICT(f, σ, x, n, α): the two most frequent classes among n samples; abstain unless a
+  two-sided binomial test rejects "both are equally likely" at level α. With probability at least
+  1 − α a returned label equals g(x).
+
+This module implements both *batched over many inputs at once*: all n0 + n samples of all inputs
+form one flat stream of rows that is cut into chunks of ``batch_size`` rows (a chunk may span
+several inputs), the noise of each chunk is drawn from one explicit ``torch.Generator``, and the
+votes are accumulated with a single ``bincount`` per chunk -- no Python loop over samples or
+inputs. The certified check at ε is ``radius > ε`` (the library's convention).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+import numpy as np
+import torch
+from scipy.stats import binomtest, norm
+from statsmodels.stats.proportion import proportion_confint
+from torch import nn
+
+from .certifier import ABSTAIN, Certifier, check_eps, check_input
+
+DEFAULT_BATCH_SIZE = 10_000
+"""Noisy samples per forward pass (see ``tests/benchmarks/bench_smoothing.py``)."""
+
+
+def _check_alpha(alpha) -> float:
+    try:
+        value = float(alpha)
+    except (TypeError, ValueError):
+        raise ValueError(f"alpha must be a number in (0, 1), got {alpha!r}") from None
+    if not 0.0 < value < 1.0:
+        raise ValueError(f"alpha must be a number in (0, 1), got {alpha!r}")
+    return value
+
+
+def _check_count(value, name: str) -> int:
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
+        raise ValueError(f"{name} must be an integer >= 1, got {value!r}")
+    return int(value)
+
+
+def p_A_lower(n_A, n: int, alpha: float) -> np.ndarray:
+    """One-sided (1 − α) Clopper–Pearson lower confidence bound on p_A from n_A successes of n.
+
+    Equals the lower end of the two-sided (1 − 2α) interval, computed with statsmodels'
+    ``proportion_confint(n_A, n, alpha=2α, method="beta")`` (0 where n_A = 0). Vectorised.
+    """
+    n_A = np.asarray(n_A, dtype=np.int64)
+    lower = np.asarray(proportion_confint(n_A, n, alpha=2 * alpha, method="beta")[0], dtype=np.float64)
+    return np.where(n_A > 0, np.nan_to_num(lower, nan=0.0), 0.0)
+
+
+def radius_from_p_A_lower(p_lower, sigma: float) -> np.ndarray:
+    """Certified ℓ2 radius σ·Φ⁻¹(p̲_A) where p̲_A ≥ 1/2, else 0 (Cohen et al., Theorem 1)."""
+    p_lower = np.asarray(p_lower, dtype=np.float64)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        r = sigma * norm.ppf(p_lower)
+    return np.where(p_lower >= 0.5, np.maximum(r, 0.0), 0.0)
+
+
+class SmoothedClassifier(Certifier):
+    """The Gaussian-smoothed classifier g of a base network f, with CERTIFY and PREDICT.
+
+    Args:
+        base_model: ``nn.Module`` mapping ``[B, ...]`` inputs to ``[B, num_classes]`` logits
+            (kept as :attr:`model`; its train/eval mode is left as found -- load models in eval).
+        num_classes: number of classes C ≥ 2.
+        sigma: noise level σ > 0 in input units (inputs in [0, 1]).
+        n0: selection samples of CERTIFY (≥ 1).
+        n: estimation samples of CERTIFY and samples of PREDICT (≥ 1).
+        alpha: failure probability α ∈ (0, 1) of each answer.
+        batch_size: noisy samples per forward pass.
+        generator: ``torch.Generator`` all noise is drawn from (on the device of the inputs, or
+            on the CPU, then moved); ``None`` draws from torch's global generator. Two
+            classifiers whose generators start from the same seed give identical answers.
+        pushforward: for a base network that starts with a linear layer (``nn.Sequential`` of
+            an optional ``nn.Flatten`` then ``nn.Linear`` W, b), sample that layer's output
+            directly: W(x + ζ) + b ~ N(Wx + b, σ² W Wᵀ), drawn as Wx + b + σ·L ξ with
+            L Lᵀ = W Wᵀ and ξ ~ N(0, I_k), k = W's output width. The votes have exactly the
+            distribution of the default path (so CERTIFY's guarantee is unchanged), at the cost
+            of k instead of d normals and one k×k instead of one k×d product per sample --
+            about 2-3× faster for a 784-256-128 MLP. Off by default: the default path works
+            for any network and draws the input noise itself.
+
+    ``norm`` is 2: the radius is an ℓ2 radius. The guarantees are probabilistic: each answer is
+    wrong with probability at most α over the noise (Section 4 of the paper notes this is usually
+    ignored when VRA is reported, as we do too).
+    """
+
+    norm = 2.0
+
+    def __init__(self, base_model: nn.Module, num_classes: int, sigma: float, n0: int = 100,
+                 n: int = 100_000, alpha: float = 0.001, batch_size: int = DEFAULT_BATCH_SIZE,
+                 generator: torch.Generator | None = None, pushforward: bool = False):
+        if not isinstance(base_model, nn.Module):
+            raise ValueError(f"base_model must be a torch.nn.Module, got {type(base_model).__name__}")
+        if isinstance(num_classes, bool) or not isinstance(num_classes, (int, np.integer)) or num_classes < 2:
+            raise ValueError(f"num_classes must be an integer >= 2, got {num_classes!r}")
+        if generator is not None and not isinstance(generator, torch.Generator):
+            raise ValueError(f"generator must be a torch.Generator or None, got {type(generator).__name__}")
+        self.model = base_model
+        self.num_classes = int(num_classes)
+        self.sigma = check_eps(sigma, "sigma")
+        self.n0 = _check_count(n0, "n0")
+        self.n = _check_count(n, "n")
+        self.alpha = _check_alpha(alpha)
+        self.batch_size = _check_count(batch_size, "batch_size")
+        self.generator = generator
+        self.pushforward = bool(pushforward)
+        if self.pushforward:
+            split_linear_first_layer(base_model)     # raises ValueError when not applicable
+
+    def __repr__(self) -> str:
+        return (f"SmoothedClassifier(sigma={self.sigma}, n0={self.n0}, n={self.n}, alpha={self.alpha}, "
+                f"batch_size={self.batch_size})")
+
+    # -- sampling ---------------------------------------------------------------------------
+    def _noise(self, shape, like: torch.Tensor) -> torch.Tensor:
+        g = self.generator
+        if g is None or g.device == like.device:
+            z = torch.randn(shape, generator=g, device=like.device, dtype=like.dtype)
+        else:
+            z = torch.randn(shape, generator=g, device=g.device, dtype=like.dtype).to(like.device)
+        return z
+
+    @torch.no_grad()
+    def sample_counts(self, x: torch.Tensor, sizes: Sequence[int]) -> torch.Tensor:
+        """Votes of the base classifier under noise, for several independent sample sets.
+
+        For every input x_k and every entry s of ``sizes``, draws s fresh samples
+        f(x_k + ζ), ζ ~ N(0, σ² I), and counts the predicted classes.
+
+        Args:
+            x: inputs ``[N, ...]`` (validated by the caller).
+            sizes: sample-set sizes, e.g. ``(n0, n)`` for CERTIFY.
+
+        Returns:
+            int64 ``[len(sizes), N, C]`` counts (each row of the last axis sums to its size).
+        """
+        sizes = [int(s) for s in sizes]
+        N, C, S = x.shape[0], self.num_classes, len(sizes)
+        per = sum(sizes)                                  # samples per input
+        total = N * per
+        bounds = torch.tensor(np.cumsum(sizes)[:-1], device=x.device)
+        counts = torch.zeros(S * N * C, dtype=torch.int64, device=x.device)
+        if self.pushforward:
+            first, rest = split_linear_first_layer(self.model)
+            center = first(x.reshape(N, -1).to(first.weight.dtype))          # Wx + b, [N, k]
+            factor = self.sigma * noise_factor(first.weight)                   # σ L, [k, k]
+            shape = ()
+        else:
+            center, rest, shape = x.reshape(N, -1), self.model, tuple(x.shape[1:])
+        for start in range(0, total, self.batch_size):
+            rows = torch.arange(start, min(start + self.batch_size, total), device=x.device)
+            image = torch.div(rows, per, rounding_mode="floor")
+            which = torch.bucketize(rows - image * per, bounds, right=True)   # sample set of each row
+            noise = self._noise((rows.numel(), center.shape[1]), center)
+            if self.pushforward:
+                noisy = torch.addmm(center.index_select(0, image), noise, factor.T)
+            else:
+                noisy = noise.mul_(self.sigma).add_(center.index_select(0, image)).view(rows.numel(), *shape)
+            pred = rest(noisy).argmax(dim=1)
+            counts += torch.bincount((which * N + image) * C + pred, minlength=S * N * C)
+        return counts.view(S, N, C)
+
+    def _check(self, x: torch.Tensor) -> torch.Tensor:
+        x = check_input(x)
+        if x.dim() < 2:
+            raise ValueError(f"x must be a batch [N, ...], got shape {tuple(x.shape)}")
+        return x
+
+    # -- CERTIFY and PREDICT ----------------------------------------------------------------
+    def certify_details(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+        """CERTIFY with its intermediate quantities, for N inputs at once.
+
+        Returns a dict of ``[N]`` tensors on ``x.device``: ``label`` (ĉ_A, or ``ABSTAIN``),
+        ``radius`` (float64, 0 where abstaining), ``guess`` (ĉ_A before the test), ``n_A``
+        (estimation votes for ĉ_A out of ``n``) and ``p_A_lower`` (float64).
+        """
+        x = self._check(x)
+        counts = self.sample_counts(x, (self.n0, self.n))
+        guess = counts[0].argmax(dim=1)
+        n_A = counts[1].gather(1, guess[:, None])[:, 0]
+        p_low = p_A_lower(n_A.cpu().numpy(), self.n, self.alpha)
+        radius = radius_from_p_A_lower(p_low, self.sigma)
+        keep = torch.as_tensor(p_low >= 0.5, device=x.device)
+        return dict(label=torch.where(keep, guess, torch.full_like(guess, ABSTAIN)),
+                    radius=torch.as_tensor(radius, dtype=torch.float64, device=x.device),
+                    guess=guess, n_A=n_A,
+                    p_A_lower=torch.as_tensor(p_low, dtype=torch.float64, device=x.device))
+
+    def certified_radius(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """CERTIFY (Cohen et al., 2019) for a batch.
+
+        Args:
+            x: inputs ``[N, ...]`` in [0, 1].
+
+        Returns:
+            ``(labels, radius)``: int64 ``[N]`` (``ABSTAIN`` where p̲_A < 1/2) and float64 ``[N]``
+            ℓ2 radii σ·Φ⁻¹(p̲_A) (0 where abstaining). Each non-abstaining answer is correct with
+            probability ≥ 1 − α: g(x) = label and g is constant on the open ℓ2 ball of that radius.
+        """
+        d = self.certify_details(x)
+        return d["label"], d["radius"]
+
+    def predict(self, x: torch.Tensor) -> torch.Tensor:
+        """PREDICT (Cohen et al., 2019): g(x) from ``n`` samples per input, int64 ``[N]``.
+
+        ``ABSTAIN`` unless the two-sided binomial test (scipy ``binomtest``) of the top two counts
+        rejects p = 1/2 at level α; a returned label differs from g(x) with probability ≤ α.
+        """
+        x = self._check(x)
+        counts = self.sample_counts(x, (self.n,))[0]
+        top2 = counts.topk(2, dim=1)
+        n_A, n_B = top2.values[:, 0].cpu().numpy(), top2.values[:, 1].cpu().numpy()
+        # binomtest is not vectorised: one scalar test per distinct (n_A, n_B) pair
+        pairs, inverse = np.unique(np.stack([n_A, n_B], axis=1), axis=0, return_inverse=True)
+        pvalue = np.array([binomtest(int(a), int(a + b), 0.5).pvalue for a, b in pairs])[inverse.reshape(-1)]
+        keep = torch.as_tensor(pvalue <= self.alpha, device=x.device)
+        label = top2.indices[:, 0]
+        return torch.where(keep, label, torch.full_like(label, ABSTAIN))
+
+
+# -- exact sampling through a linear first layer ---------------------------------------------------
+def split_linear_first_layer(model: nn.Module) -> tuple[nn.Linear, nn.Module]:
+    """``(first, rest)`` with ``model(z) == rest(first(z.flatten(1)))`` for an ``nn.Sequential``
+    made of an optional ``nn.Flatten`` then an ``nn.Linear``; ``ValueError`` for other networks."""
+    layers = list(model) if isinstance(model, nn.Sequential) else []
+    if layers and isinstance(layers[0], nn.Flatten):
+        layers = layers[1:]
+    if not layers or not isinstance(layers[0], nn.Linear):
+        raise ValueError("pushforward needs base_model = nn.Sequential([nn.Flatten(),] nn.Linear, ...), "
+                         f"got {type(model).__name__}")
+    return layers[0], nn.Sequential(*layers[1:])
+
+
+def noise_factor(weight: torch.Tensor) -> torch.Tensor:
+    """A matrix L ``[k, k]`` with L Lᵀ = W Wᵀ for W ``[k, d]`` (so Wζ ~ L ξ for standard normals).
+
+    Computed in float64 from the eigendecomposition W Wᵀ = V Λ Vᵀ as L = V Λ^{1/2} (defined even
+    when W Wᵀ is singular), returned in W's dtype and device.
+    """
+    w = weight.detach().to(torch.float64)
+    lam, v = torch.linalg.eigh(w @ w.T)
+    return (v * lam.clamp_min(0).sqrt()).to(weight.dtype)
+
+
+# -- the base networks of the committed models --------------------------------------------------
+def make_base_model(arch: dict) -> nn.Module:
+    """The base classifier described by ``arch`` (the ``"arch"`` entry of a model's json).
+
+    ``{"type": "mlp", "input_shape": [1, 28, 28], "hidden": [256, 128], "num_classes": 10}``:
+    Flatten → (Linear → ReLU) per hidden width → Linear to the class logits.
+    """
+    if arch.get("type") != "mlp":
+        raise ValueError(f"unknown base architecture {arch.get('type')!r}; known: 'mlp'")
+    d = int(np.prod(arch["input_shape"]))
+    layers: list[nn.Module] = [nn.Flatten()]
+    for h in arch["hidden"]:
+        layers += [nn.Linear(d, int(h)), nn.ReLU()]
+        d = int(h)
+    layers.append(nn.Linear(d, int(arch["num_classes"])))
+    return nn.Sequential(*layers)
+
+
+def load_checkpoint(meta: dict, state_dict: dict, device: torch.device) -> SmoothedClassifier:
+    """Registry builder (``kind == "smoothing"``): the smoothed classifier of a committed model.
+
+    ``meta["arch"]`` describes the base network (:func:`make_base_model`), ``meta["certifier"]``
+    holds σ, n0, n, α (and optionally batch_size). The generator is unset (global RNG):
+    construct your own :class:`SmoothedClassifier` or set ``.generator`` for reproducible runs.
+    """
+    model = make_base_model(meta["arch"])
+    model.load_state_dict(state_dict)
+    model.to(device).eval()
+    cfg = meta["certifier"]
+    return SmoothedClassifier(model, int(meta["arch"]["num_classes"]), sigma=float(cfg["sigma"]),
+                              n0=int(cfg.get("n0", 100)), n=int(cfg.get("n", 100_000)),
+                              alpha=float(cfg.get("alpha", 0.001)),
+                              batch_size=int(cfg.get("batch_size", DEFAULT_BATCH_SIZE)),
+                              pushforward=bool(cfg.get("pushforward", False)))
+
+
+__all__ = ["SmoothedClassifier", "p_A_lower", "noise_factor", "split_linear_first_layer", "radius_from_p_A_lower", "make_base_model", "load_checkpoint",
+           "DEFAULT_BATCH_SIZE"]
