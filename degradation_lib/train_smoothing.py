@@ -109,7 +109,7 @@ def train(args) -> None:
         kind="smoothing",
         description=f"Randomized smoothing on MNIST, base MLP 784-256-128-10 trained with Gaussian noise sigma={args.sigma}",
         arch=ARCH,
-        certifier=dict(sigma=args.sigma, n0=100, n=100_000, alpha=0.001),
+        certifier=dict(sigma=args.sigma, n0=100, n=100_000, alpha=0.001, pushforward=True),
         training=dict(
             command=f"OMP_NUM_THREADS=1 .venv/bin/python -m degradation_lib.train_smoothing train --sigma {args.sigma} "
                     f"--epochs {args.epochs} --lr {args.lr} --batch-size {args.batch_size} --seed {args.seed}",
