@@ -108,6 +108,11 @@ def main(argv=None) -> dict | None:
     parser.add_argument("--no-resume", action="store_true", help="start over even if a checkpoint exists")
     parser.add_argument("--train-limit", type=int, default=None, help="use only the first N training images (tests)")
     parser.add_argument("--test-limit", type=int, default=None, help="evaluate on the first N test images (tests)")
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                        help="override a config entry (numbers), e.g. --set ramp_fraction=0 --set lr=5e-4")
+    parser.add_argument("--init-from", default=None,
+                        help="initialise the weights from a model .pt (e.g. a committed checkpoint) "
+                             "instead of the orthogonal init: a continuation run")
     parser.add_argument("--stop-after", type=int, default=None,
                         help="stop (checkpoint only, no final model) after this many epochs in total")
     parser.add_argument("--progress-interval", type=float, default=30.0, help="tqdm mininterval in seconds")
@@ -118,6 +123,11 @@ def main(argv=None) -> dict | None:
     for key in ("epochs", "lam", "batch_size"):
         if getattr(args, key) is not None:
             cfg[key] = getattr(args, key)
+    for item in args.set:
+        key, _, value = item.partition("=")
+        if key not in cfg or key in ("arch", "eval_eps"):
+            raise SystemExit(f"--set: unknown or fixed config key {key!r}")
+        cfg[key] = type(cfg[key])(float(value)) if not isinstance(cfg[key], str) else value
     name = args.name or args.config
     run_dir = Path(args.runs_dir) / name
     run_dir.mkdir(parents=True, exist_ok=True)
@@ -139,6 +149,10 @@ def main(argv=None) -> dict | None:
     model = GloroNet(cfg["arch"], num_classes=10, seed=args.seed)
     optimizer = torch.optim.Adam(model.parameters(), lr=cfg["lr"])
     start_epoch, log, wall = 0, [], 0.0
+    if args.init_from:
+        init = torch.load(args.init_from, weights_only=True)
+        init = init.get("model", init)  # a runs/ checkpoint or a bare state_dict
+        model.load_state_dict({k: v.float() if v.is_floating_point() else v for k, v in init.items()})
     if ckpt_path.is_file() and not args.no_resume:
         state = torch.load(ckpt_path, weights_only=True)
         if state["config"] != json.loads(json.dumps(cfg)) or state["seed"] != args.seed:
@@ -214,7 +228,8 @@ def main(argv=None) -> dict | None:
     cmd = "python -m degradation_lib.train_gloro " + " ".join(shlex.quote(a) for a in (argv if argv is not None else sys.argv[1:]))
     meta.update(
         name=name,
-        training=dict(command=cmd, config=args.config, seed=args.seed, threads=args.threads, **cfg,
+        training=dict(command=cmd, config=args.config, seed=args.seed, threads=args.threads,
+                      init_from=args.init_from, **cfg,
                       steps_per_epoch=steps_per_epoch, wall_time_s=round(wall, 1),
                       torch=torch.__version__, python=platform.python_version(),
                       schedule="log ε ramp from eps_start_fraction·train_eps over ramp_fraction of the steps; "
