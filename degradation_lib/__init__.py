@@ -16,8 +16,11 @@ from .data import load_cifar10, load_mnist
 from .exact import LinearCertifier
 from .gloro import (ARCHITECTURES, GloroCertifier, GloroNet, LipschitzConv2d, LipschitzLinear, MinMax,
                     certified_radius_from_logits, gloro_logits, gloro_loss, minmax)
-from .attacks import (default_attack, degradation_attack, eps_pgd, foolbox_attack, multitarget_pgd, pgd,
-                      pgd_ascent, project, rejection_pgd)
+from .attacks import (default_attack, degradation_attack, eps_pgd, evaluate_degradation, foolbox_attack,
+                      multitarget_pgd, pgd, pgd_ascent, project, rejection_pgd)
+from .smoothing import SmoothedClassifier
+from .spgd import SPGD, spgd_degradation_attack
+from .linf import LinfCertifier, compute_bounds, input_box, interval_bounds, margin_spec, mnist_small_net
 from .metrics import Rate, clopper_pearson, degradation_report, rate, upper_bound
 from .registry import available_models, load_model, model_metadata
 from .results import PointResults, merge

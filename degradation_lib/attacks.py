@@ -438,6 +438,75 @@ def eps_pgd(certifier: Certifier, x: torch.Tensor, eps: float, **pgd_kwargs) -> 
     return pgd(certifier, x, check_eps(eps), **pgd_kwargs)
 
 
+def evaluate_degradation(certifier: Certifier, x: torch.Tensor, y: torch.Tensor, eps: float,
+                         attacks: dict[str, Callable], batch_size: int = 500, index=None,
+                         return_inputs: bool = False, meta: dict | None = None):
+    """Run degradation attacks over a data set, batch by batch, and record per-point results.
+
+    Args:
+        certifier: the defended model.
+        x, y: inputs ``[N, ...]`` in [0, 1] and true labels ``[N]``.
+        eps: ε > 0.
+        attacks: name → ``run(certifier, x_batch, eps) -> x'`` (e.g.
+            ``lambda c, xb, e: degradation_attack(c, xb, e)`` or ``eps_pgd``).
+        batch_size: examples per batch.
+        index: dataset positions of the rows (default ``0..N-1``), stored as the ``index`` column.
+        return_inputs: also return the attack points ``{name: [N, ...]}`` (on the CPU).
+        meta: extra metadata for the :class:`PointResults`.
+
+    Returns:
+        :class:`~degradation_lib.results.PointResults` with columns ``index``, ``label`` (true),
+        ``pred`` (f(x)), ``radius``, ``certified`` (``certify(x, ε)``), ``certified_2eps``
+        (``certify(x, 2ε)``) and, per attack, ``<name>`` (``certify(x', ε)``), ``<name>_pred``
+        (f(x')) and ``<name>_dist`` (‖x' − x‖_p); with ``return_inputs``, a pair
+        ``(results, inputs)``. Feed the columns to :func:`degradation_lib.degradation_report`.
+    """
+    from .results import PointResults
+
+    if not isinstance(certifier, Certifier):
+        raise ValueError(f"certifier must implement degradation_lib.Certifier, got {type(certifier).__name__}")
+    eps = check_eps(eps)
+    x = check_input(x)
+    y = torch.as_tensor(y)
+    if y.shape != (x.shape[0],):
+        raise ValueError(f"y must have shape [{x.shape[0]}], got {tuple(y.shape)}")
+    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+        raise ValueError(f"batch_size must be an integer >= 1, got {batch_size!r}")
+    if not attacks or not all(callable(a) for a in attacks.values()):
+        raise ValueError("attacks must be a non-empty dict of callables run(certifier, x, eps)")
+    reserved = {"index", "label", "pred", "radius", "certified", "certified_2eps"}
+    if reserved & set(attacks):
+        raise ValueError(f"attack names must not be one of {sorted(reserved)}")
+    index = torch.arange(x.shape[0]) if index is None else torch.as_tensor(index)
+    cols: dict[str, list] = {k: [] for k in ("label", "pred", "radius", "certified", "certified_2eps")}
+    for name in attacks:
+        cols.update({name: [], f"{name}_pred": [], f"{name}_dist": []})
+    inputs = {name: [] for name in attacks}
+    norm = certifier.norm
+    for start in range(0, x.shape[0], batch_size):
+        xb = x[start:start + batch_size]
+        labels, radius = certifier.certified_radius(xb)
+        cols["label"].append(y[start:start + batch_size].cpu())
+        cols["pred"].append(certifier.predict(xb).cpu())
+        cols["radius"].append(radius.detach().cpu().double())
+        cols["certified"].append(certifier.certify(xb, eps).cpu())
+        cols["certified_2eps"].append(certifier.certify(xb, 2 * eps).cpu())
+        for name, run in attacks.items():
+            xp = run(certifier, xb, eps)
+            cols[name].append(certifier.certify(xp, eps).cpu())
+            cols[f"{name}_pred"].append(certifier.predict(xp).cpu())
+            cols[f"{name}_dist"].append(torch.linalg.vector_norm((xp - xb).flatten(1).double(), ord=norm,
+                                                                 dim=1).cpu())
+            if return_inputs:
+                inputs[name].append(xp.detach().cpu())
+    columns = {"index": index.cpu().numpy()}
+    columns.update({k: torch.cat(v).numpy() for k, v in cols.items()})
+    results = PointResults(columns, dict(eps=eps, norm=str(norm), **(meta or {})))
+    if return_inputs:
+        return results, {k: torch.cat(v) for k, v in inputs.items()}
+    return results
+
+
 # --------------------------------------------------------------------------------------------
 # off-the-shelf attacks
 # --------------------------------------------------------------------------------------------
@@ -474,5 +543,5 @@ def foolbox_attack(fb_attack, generator: torch.Generator | None = None) -> Attac
 
 
 __all__ = ["Attack", "project", "pgd", "pgd_ascent", "multitarget_pgd", "rejection_pgd", "default_attack",
-           "degradation_attack", "eps_pgd", "foolbox_attack", "cross_entropy_loss", "margin_loss",
+           "degradation_attack", "eps_pgd", "evaluate_degradation", "foolbox_attack", "cross_entropy_loss", "margin_loss",
            "own_prediction", "eval_mode"]

@@ -345,6 +345,39 @@ def test_foolbox_l2pgd_adapter_is_a_sound_degradation_attack():
         foolbox_attack(pgd)
 
 
+def test_evaluate_degradation_matches_a_direct_run(tmp_path):
+    cert, x = linear_problem(4, n=230, norm=2.0, seed=12)
+    eps = exact_eps(cert, x, 2.0)
+    y = cert.predict(x)
+    y[::7] = (y[::7] + 1) % 4                                   # some wrong labels
+    attacks = {"alg31": lambda c, xb, e: degradation_attack(c, xb, e, attack=functools.partial(pgd, random_start=False)),
+               "eps_pgd": lambda c, xb, e: eps_pgd(c, xb, e, random_start=False)}
+    res, inputs = dl.evaluate_degradation(cert, x, y, eps, attacks, batch_size=100, return_inputs=True,
+                                          meta={"model": "linear"})
+    assert len(res) == 230 and res.meta == {"eps": eps, "norm": "2.0", "model": "linear"}
+    assert (res["index"] == torch.arange(230).numpy()).all()
+    labels, r = cert.certified_radius(x)
+    assert (res["radius"] == r.numpy()).all() and (res["pred"] == labels.numpy()).all()
+    assert (res["certified"] == cert.certify(x, eps).numpy()).all()
+    assert (res["certified_2eps"] == cert.certify(x, 2 * eps).numpy()).all()
+    direct = degradation_attack(cert, x, eps, attack=functools.partial(pgd, random_start=False))
+    assert torch.equal(inputs["alg31"], direct)                 # deterministic: batching does not matter
+    assert (res["alg31"] == cert.certify(direct, eps).numpy()).all()
+    assert (res["alg31_dist"] <= eps * (1 + 1e-9)).all() and (res["eps_pgd_dist"] <= eps * (1 + 1e-9)).all()
+    rep = dl.degradation_report(res["label"], res["certified"], res["alg31"], res["certified_2eps"])
+    assert rep.false_positive_rate.k > 0 and rep.flipped.k == 0
+    loaded = dl.PointResults.load(res.save(tmp_path / "r.npz"))
+    assert (loaded["alg31"] == res["alg31"]).all()
+    with pytest.raises(ValueError, match="attacks"):
+        dl.evaluate_degradation(cert, x, y, eps, {})
+    with pytest.raises(ValueError, match="attack names"):
+        dl.evaluate_degradation(cert, x, y, eps, {"radius": attacks["alg31"]})
+    with pytest.raises(ValueError, match="batch_size"):
+        dl.evaluate_degradation(cert, x, y, eps, attacks, batch_size=0)
+    with pytest.raises(ValueError, match="y"):
+        dl.evaluate_degradation(cert, x, y[:3], eps, attacks)
+
+
 # ----------------------------------------------------------------------------- validation
 def test_bad_input_raises_value_error():
     cert, x = linear_problem(3, norm=2.0)
