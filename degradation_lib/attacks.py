@@ -28,7 +28,7 @@ from typing import Callable
 import torch
 from torch import nn
 
-from .certifier import Certifier, check_eps, check_input, check_norm
+from .certifier import ABSTAIN, Certifier, check_eps, check_input, check_norm
 
 Attack = Callable[[Certifier, torch.Tensor, float], torch.Tensor]
 """The attack contract: ``attack(certifier, x, radius) -> x_adv``."""
@@ -456,8 +456,10 @@ def evaluate_degradation(certifier: Certifier, x: torch.Tensor, y: torch.Tensor,
 
     Returns:
         :class:`~degradation_lib.results.PointResults` with columns ``index``, ``label`` (true),
-        ``pred`` (f(x)), ``radius``, ``certified`` (``certify(x, ε)``), ``certified_2eps``
-        (``certify(x, 2ε)``) and, per attack, ``<name>`` (``certify(x', ε)``), ``<name>_pred``
+        ``pred`` (f(x)), ``cert_label`` and ``radius`` (from ``certified_radius(x)``: one
+        certification pass), ``certified`` and ``certified_2eps`` (the label where the radius
+        exceeds ε, resp. 2ε, ``ABSTAIN`` elsewhere: the library's convention for
+        ``certify``) and, per attack, ``<name>`` (``certify(x', ε)``), ``<name>_pred``
         (f(x')) and ``<name>_dist`` (‖x' − x‖_p); with ``return_inputs``, a pair
         ``(results, inputs)``. Feed the columns to :func:`degradation_lib.degradation_report`.
     """
@@ -474,11 +476,11 @@ def evaluate_degradation(certifier: Certifier, x: torch.Tensor, y: torch.Tensor,
         raise ValueError(f"batch_size must be an integer >= 1, got {batch_size!r}")
     if not attacks or not all(callable(a) for a in attacks.values()):
         raise ValueError("attacks must be a non-empty dict of callables run(certifier, x, eps)")
-    reserved = {"index", "label", "pred", "radius", "certified", "certified_2eps"}
+    reserved = {"index", "label", "pred", "cert_label", "radius", "certified", "certified_2eps"}
     if reserved & set(attacks):
         raise ValueError(f"attack names must not be one of {sorted(reserved)}")
     index = torch.arange(x.shape[0]) if index is None else torch.as_tensor(index)
-    cols: dict[str, list] = {k: [] for k in ("label", "pred", "radius", "certified", "certified_2eps")}
+    cols: dict[str, list] = {k: [] for k in ("label", "pred", "cert_label", "radius", "certified", "certified_2eps")}
     for name in attacks:
         cols.update({name: [], f"{name}_pred": [], f"{name}_dist": []})
     inputs = {name: [] for name in attacks}
@@ -488,9 +490,12 @@ def evaluate_degradation(certifier: Certifier, x: torch.Tensor, y: torch.Tensor,
         labels, radius = certifier.certified_radius(xb)
         cols["label"].append(y[start:start + batch_size].cpu())
         cols["pred"].append(certifier.predict(xb).cpu())
-        cols["radius"].append(radius.detach().cpu().double())
-        cols["certified"].append(certifier.certify(xb, eps).cpu())
-        cols["certified_2eps"].append(certifier.certify(xb, 2 * eps).cpu())
+        labels, radius = labels.detach().cpu(), radius.detach().cpu().double()
+        abstain = torch.full_like(labels, ABSTAIN)
+        cols["cert_label"].append(labels)
+        cols["radius"].append(radius)
+        cols["certified"].append(torch.where(radius > eps, labels, abstain))
+        cols["certified_2eps"].append(torch.where(radius > 2 * eps, labels, abstain))
         for name, run in attacks.items():
             xp = run(certifier, xb, eps)
             cols[name].append(certifier.certify(xp, eps).cpu())

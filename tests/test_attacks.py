@@ -358,6 +358,7 @@ def test_evaluate_degradation_matches_a_direct_run(tmp_path):
     assert (res["index"] == torch.arange(230).numpy()).all()
     labels, r = cert.certified_radius(x)
     assert (res["radius"] == r.numpy()).all() and (res["pred"] == labels.numpy()).all()
+    assert (res["cert_label"] == labels.numpy()).all()
     assert (res["certified"] == cert.certify(x, eps).numpy()).all()
     assert (res["certified_2eps"] == cert.certify(x, 2 * eps).numpy()).all()
     direct = degradation_attack(cert, x, eps, attack=functools.partial(pgd, random_start=False))
