@@ -37,8 +37,9 @@ from torch import nn
 
 from .certifier import ABSTAIN, Certifier, check_eps, check_input
 
-DEFAULT_BATCH_SIZE = 10_000
-"""Noisy samples per forward pass (see ``tests/benchmarks/bench_smoothing.py``)."""
+DEFAULT_BATCH_SIZE = 2_000
+"""Noisy samples per forward pass: the fastest on the 2-core CPU of ``tests/benchmarks/bench_smoothing.py``
+(use more on a GPU)."""
 
 
 def _check_alpha(alpha) -> float:
@@ -169,14 +170,17 @@ class SmoothedClassifier(Certifier):
         else:
             center, rest, shape = x.reshape(N, -1), self.model, tuple(x.shape[1:])
         for start in range(0, total, self.batch_size):
-            rows = torch.arange(start, min(start + self.batch_size, total), device=x.device)
+            stop = min(start + self.batch_size, total)
+            rows = torch.arange(start, stop, device=x.device)
             image = torch.div(rows, per, rounding_mode="floor")
             which = torch.bucketize(rows - image * per, bounds, right=True)   # sample set of each row
+            # the clean rows under the noise: one broadcast row when the chunk is within one input
+            base = center[start // per] if start // per == (stop - 1) // per else center.index_select(0, image)
             noise = self._noise((rows.numel(), center.shape[1]), center)
             if self.pushforward:
-                noisy = torch.addmm(center.index_select(0, image), noise, factor.T)
+                noisy = torch.addmm(base, noise, factor.T)
             else:
-                noisy = noise.mul_(self.sigma).add_(center.index_select(0, image)).view(rows.numel(), *shape)
+                noisy = noise.mul_(self.sigma).add_(base).view(rows.numel(), *shape)
             pred = rest(noisy).argmax(dim=1)
             counts += torch.bincount((which * N + image) * C + pred, minlength=S * N * C)
         return counts.view(S, N, C)

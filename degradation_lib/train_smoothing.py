@@ -137,7 +137,8 @@ def certify(args) -> None:
     meta = dict(model=name, sigma=args.sigma, n0=args.n0, n=args.n, alpha=args.alpha, seed=args.seed,
                 skip=args.skip, split="test", pushforward=certifier.pushforward)
     t_all = time.perf_counter()
-    for s in range(0, len(indices), args.shard):
+    starts = list(range(0, len(indices), args.shard))
+    for s in (reversed(starts) if args.reverse else starts):   # --reverse: a second worker from the end
         idx = indices[s:s + args.shard]
         path = out / f"shard_{int(idx[0]):05d}.npz"
         if path.exists():
@@ -150,7 +151,7 @@ def certify(args) -> None:
                           n_A=d["n_A"].numpy(), p_A_lower=d["p_A_lower"].numpy(),
                           seconds=np.full(len(idx), dt / len(idx))),
                      dict(meta, shard=int(idx[0]))).save(path)
-        print(f"{name}: images {s + len(idx)}/{len(indices)}, {dt / len(idx):.2f} s/image", flush=True)
+        print(f"{name}: images {s}-{s + len(idx)} of {len(indices)}, {dt / len(idx):.2f} s/image", flush=True)
     parts = [PointResults.load(p) for p in sorted(out.glob("shard_*.npz"))]
     res = merge(parts)
     res = PointResults({k: v[np.isin(res["index"], indices)] for k, v in res.columns.items()}, res.meta)
@@ -193,6 +194,7 @@ def main(argv=None) -> None:
     c.add_argument("--shard", type=int, default=10)
     c.add_argument("--seed", type=int, default=0)
     c.add_argument("--write-json", action="store_true")
+    c.add_argument("--reverse", action="store_true", help="take the shards from the last (for a second worker)")
     c.add_argument("--no-pushforward", action="store_true",
                    help="draw the input noise (default: exact sampling of the first linear layer's output)")
     p.add_argument("--threads", type=int, default=int(os.environ.get("OMP_NUM_THREADS", "1")))
