@@ -333,3 +333,21 @@ def test_interval_bounds_are_differentiable():
     lb.sum().backward()
     # d(lb)/d(b2) = (−1, 1): the margin's lower bound moves with the bias of class 1
     torch.testing.assert_close(net[2].bias.grad, torch.tensor([-1.0, 1.0]))
+
+
+def test_committed_model_loads_and_certifies():
+    """The committed model: loaded through the registry, certified on the first 100 test images.
+    KW ∩ IBP radii are never below the IBP radii (an IBP-verified ε is KW ∩ IBP-verified)."""
+    from degradation_lib import load_mnist, load_model
+
+    cert = load_model("mnist_linf_0.1")
+    assert isinstance(cert, LinfCertifier) and cert.norm == math.inf and cert.method == "kw_ibp"
+    x, y = load_mnist("test")
+    x, y = x[:100], y[:100]
+    assert (cert.predict(x) == y).float().mean() >= 0.95
+    c = cert.certify(x, 0.1)
+    assert ((c == y) | (c == ABSTAIN)).float().mean() >= 0.99   # a certified point is (almost always) correct
+    assert (c == y).float().mean() >= 0.9
+    _, r_ibp = LinfCertifier(cert.model, method="ibp").certified_radius(x[:20])
+    _, r = cert.certified_radius(x[:20])
+    assert (r >= r_ibp).all()
