@@ -119,18 +119,35 @@ class PowerIterationMixin:
         return torch.linalg.vector_norm(self.op(self.u.detach()))
 
     @torch.no_grad()
-    def converge(self, tol: float = 1e-6, max_steps: int = 20000, check_every: int = 10) -> float:
-        """Iterate until the relative change of σ over ``check_every`` steps is below ``tol``."""
-        prev = self.spectral_norm().item()
+    def converge(self, tol: float = 1e-9, max_steps: int = 1000, check_every: int = 100) -> float:
+        """Power iteration to convergence, in float64; returns ‖A‖₂ and keeps the iterate.
+
+        Iterates on float64 copies of the weights (float32 stalls at ~1e-6 relative) until σ
+        changes by less than ``tol`` (relative) over ``check_every`` steps. Power iteration
+        approaches ‖A‖₂ from below; with close top singular values the last digits converge slowly,
+        so the criterion is over many steps. Subclasses may compute ‖A‖₂ exactly instead.
+        """
+        w = self.weight
+        u = self.u.double()
+        op = lambda z: self._op_with(w.double(), z)
+        op_t = lambda z: self._op_t_with(w.double(), z)
+        prev = torch.linalg.vector_norm(op(u)).item()
         done = 0
         while done < max_steps:
-            self.power_iteration(check_every)
+            for _ in range(check_every):
+                u = _normalize(op_t(op(u)))
             done += check_every
-            cur = self.spectral_norm().item()
-            if abs(cur - prev) <= tol * max(abs(cur), 1e-12):
-                return cur
+            cur = torch.linalg.vector_norm(op(u)).item()
+            if abs(cur - prev) <= tol * max(abs(cur), 1e-300):
+                break
             prev = cur
-        return prev
+        self.u.copy_(u.to(self.u.dtype))
+        self._sigma_converged = cur
+        return cur
+
+    def converged_norm(self) -> float:
+        """‖A‖₂ from the last :meth:`converge` (float64 value)."""
+        return self._sigma_converged
 
 
 class LipschitzLinear(nn.Linear, PowerIterationMixin):
@@ -145,6 +162,22 @@ class LipschitzLinear(nn.Linear, PowerIterationMixin):
 
     def op_t(self, v):
         return F.linear(v, self.weight.t())
+
+    @staticmethod
+    def _op_with(w, u):
+        return F.linear(u, w)
+
+    @staticmethod
+    def _op_t_with(w, v):
+        return F.linear(v, w.t())
+
+    @torch.no_grad()
+    def converge(self, tol: float = 1e-9, max_steps: int = 1000, check_every: int = 100) -> float:
+        """Exact ‖W‖₂ from the SVD (float64); the iterate is set to the top right singular vector."""
+        _, svals, vh = torch.linalg.svd(self.weight.double(), full_matrices=False)
+        self.u.copy_(vh[0].to(self.u.dtype))
+        self._sigma_converged = svals[0].item()
+        return self._sigma_converged
 
 
 class LipschitzConv2d(nn.Conv2d, PowerIterationMixin):
@@ -175,6 +208,37 @@ class LipschitzConv2d(nn.Conv2d, PowerIterationMixin):
     def op_t(self, v):
         return F.conv_transpose2d(v, self.weight, None, self.stride, self.padding,
                                   output_padding=self.output_padding_t)
+
+    def _op_with(self, w, u):
+        return F.conv2d(u, w, None, self.stride, self.padding)
+
+    EXACT_MAX_INPUTS = 1024
+    """Layers whose input has at most this many entries get ‖A‖₂ exactly (Gram matrix, eigh)."""
+
+    POWER_ITERATION_MARGIN = 1e-4
+    """Relative margin added to a power-iteration estimate (which approaches ‖A‖₂ from below and,
+    for nearly repeated top singular values, converges slowly: residuals up to ~2e-5 were seen)."""
+
+    @torch.no_grad()
+    def converge(self, tol: float = 1e-9, max_steps: int = 1000, check_every: int = 100) -> float:
+        """‖A‖₂: exact from the Gram matrix AᵀA (float64) when the input has at most
+        :attr:`EXACT_MAX_INPUTS` entries, else float64 power iteration times
+        (1 + :attr:`POWER_ITERATION_MARGIN`)."""
+        n = self.u.numel()
+        if n > self.EXACT_MAX_INPUTS:
+            sigma = super().converge(tol=tol, max_steps=max_steps, check_every=check_every)
+            self._sigma_converged = sigma * (1 + self.POWER_ITERATION_MARGIN)
+            return self._sigma_converged
+        w = self.weight.double()
+        basis = torch.eye(n, dtype=torch.float64, device=w.device).reshape(n, *self.input_shape)
+        rows = torch.cat([self._op_with(w, basis[i:i + 512]).flatten(1) for i in range(0, n, 512)])
+        evals, evecs = torch.linalg.eigh(rows @ rows.T)  # AᵀA in the input basis
+        self.u.copy_(evecs[:, -1].reshape(self.u.shape).to(self.u.dtype))
+        self._sigma_converged = evals[-1].clamp_min(0).sqrt().item()
+        return self._sigma_converged
+
+    def _op_t_with(self, w, v):
+        return F.conv_transpose2d(v, w, None, self.stride, self.padding, output_padding=self.output_padding_t)
 
     def output_shape(self) -> tuple[int, int, int]:
         return (self.out_channels, *self.output_hw)
@@ -267,8 +331,8 @@ class GloroNet(nn.Module):
         for layer in self.body:
             layer.power_iteration(steps)
 
-    def converge(self, tol: float = 1e-6, max_steps: int = 20000) -> list[float]:
-        """Run every layer's power iteration to convergence; returns the spectral norms."""
+    def converge(self, tol: float = 1e-9, max_steps: int = 1000) -> list[float]:
+        """Spectral norms to convergence (float64): conv layers by power iteration, dense by SVD."""
         return [layer.converge(tol=tol, max_steps=max_steps) for layer in self.body]
 
     def lipschitz_sub(self) -> torch.Tensor:
@@ -360,7 +424,7 @@ class GloroCertifier(Certifier):
 
     norm = 2.0
 
-    def __init__(self, model: GloroNet, tol: float = 1e-6, unit_range: bool = True):
+    def __init__(self, model: GloroNet, tol: float = 1e-9, unit_range: bool = True):
         if not isinstance(model, GloroNet):
             raise ValueError(f"model must be a GloroNet, got {type(model).__name__}")
         self.model = model
@@ -376,10 +440,12 @@ class GloroCertifier(Certifier):
         """``(L_sub, K)``: converged Lipschitz bound of the body and K ``[C, C]`` (cached)."""
         key = self.model.weights_key()
         if key != self._cache_key:
-            self.model.converge(tol=self.tol)
-            L_sub = self.model.lipschitz_sub()
-            self._K = self.model.K_matrix(L_sub).detach()
-            self._L_sub = L_sub.detach()
+            norms = self.model.converge(tol=self.tol)
+            w = self.model.head.weight
+            L_sub = torch.tensor(math.prod(norms), dtype=torch.float64)
+            K = L_sub * torch.cdist(w.double()[None], w.double()[None])[0]
+            self._K = K.to(device=w.device, dtype=w.dtype)
+            self._L_sub = L_sub.to(dtype=w.dtype)
             self._cache_key = self.model.weights_key()  # converge() does not touch parameters
         return self._L_sub, self._K
 
@@ -454,7 +520,7 @@ def load_checkpoint(meta: dict, state_dict: dict, device) -> GloroCertifier:
                      input_shape=tuple(meta["input_shape"]) if meta.get("input_shape") else None)
     model.load_state_dict({k: v.float() if v.is_floating_point() else v for k, v in state_dict.items()})
     model.to(device).eval()
-    cert = GloroCertifier(model, tol=float(meta.get("power_iteration_tol", 1e-6)))
+    cert = GloroCertifier(model, tol=float(meta.get("power_iteration_tol", 1e-9)))
     return cert
 
 

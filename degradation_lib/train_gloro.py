@@ -94,6 +94,32 @@ def evaluate(certifier: GloroCertifier, x: torch.Tensor, y: torch.Tensor, eps_li
     return out
 
 
+def remeasure(name: str, threads: int = 1, out_dir: str | Path = CHECKPOINT_DIR) -> dict:
+    """Re-measure a committed model's metrics with the current certifier and update its json.
+
+    Used after the Lipschitz computation changed (exact small layers, float64 power iteration):
+    the stored metrics must be what ``load_model(name)`` certifies.
+    """
+    from .gloro import load_checkpoint
+    torch.set_num_threads(threads)
+    out_dir = Path(out_dir)
+    meta = json.loads((out_dir / f"{name}.json").read_text())
+    meta["power_iteration_tol"] = 1e-9
+    state = torch.load(out_dir / f"{name}.pt", weights_only=True)
+    cert = load_checkpoint(meta, state, torch.device("cpu"))
+    x_test, y_test = load_mnist("test")
+    t0 = time.time()
+    L_sub = cert.lipschitz_constant
+    eval_eps = meta["training"].get("eval_eps", [meta["eps"]])
+    metrics = evaluate(cert, x_test, y_test, eval_eps)
+    metrics["L_sub"] = L_sub
+    metrics["eval_s"] = time.time() - t0
+    meta["metrics"] = metrics
+    (out_dir / f"{name}.json").write_text(json.dumps(meta, indent=1) + "\n")
+    print(name, json.dumps(metrics), flush=True)
+    return meta
+
+
 def main(argv=None) -> dict | None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--config", required=True, choices=sorted(CONFIGS), help="named configuration")
@@ -218,7 +244,7 @@ def main(argv=None) -> dict | None:
     out_dir.mkdir(parents=True, exist_ok=True)
     from .gloro import load_checkpoint
     meta = dict(kind="gloro", arch=cfg["arch"], num_classes=10, input_shape=[1, 28, 28], norm=2.0,
-                eps=cfg["eps"], dataset="MNIST", power_iteration_tol=1e-6, stored_dtype="float16")
+                eps=cfg["eps"], dataset="MNIST", power_iteration_tol=1e-9, stored_dtype="float16")
     cert = load_checkpoint(meta, state16, torch.device("cpu"))
     t0 = time.time()
     L_sub = cert.lipschitz_constant
@@ -244,4 +270,8 @@ def main(argv=None) -> dict | None:
 
 
 if __name__ == "__main__":
-    main()
+    if len(sys.argv) > 2 and sys.argv[1] == "--remeasure":
+        for model_name in sys.argv[2:]:
+            remeasure(model_name)
+    else:
+        main()

@@ -16,7 +16,7 @@ import torch
 import torch.nn.functional as F
 
 from degradation_lib import ABSTAIN, load_mnist, load_model
-from degradation_lib.gloro import (GloroCertifier, GloroNet, LipschitzConv2d, LipschitzLinear,
+from degradation_lib.gloro import (GloroCertifier, GloroNet, LipschitzConv2d, LipschitzLinear, PowerIterationMixin,
                                    certified_radius_from_logits, gloro_logits, gloro_loss, minmax)
 from degradation_lib.registry import CHECKPOINT_DIR
 
@@ -78,7 +78,14 @@ def test_power_iteration_conv_matches_svd(c_in, c_out, k, s, p, h, w):
     A = explicit_matrix(layer)
     assert A.shape == (c_out * layer.output_hw[0] * layer.output_hw[1], c_in * h * w)
     exact = torch.linalg.matrix_norm(A, ord=2).item()
-    assert layer.converge(tol=1e-12, max_steps=100000) == pytest.approx(exact, rel=1e-6)
+    # power iteration (conv2d / conv_transpose2d), run to convergence
+    sigma = PowerIterationMixin.converge(layer, tol=1e-13, max_steps=100000, check_every=100)
+    assert sigma == pytest.approx(exact, rel=1e-6) and sigma <= exact * (1 + 1e-12)
+    # the exact path used for small inputs (Gram matrix from the same operator)
+    assert layer.converge() == pytest.approx(exact, rel=1e-10)
+    # the margin path used for large inputs is an upper bound
+    layer.EXACT_MAX_INPUTS = 0
+    assert exact <= layer.converge(tol=1e-13, max_steps=100000) <= exact * (1 + 2 * layer.POWER_ITERATION_MARGIN)
 
 
 def test_orthonormal_layers_have_constant_one():
