@@ -139,6 +139,9 @@ def main(argv=None) -> dict | None:
     parser.add_argument("--init-from", default=None,
                         help="initialise the weights from a model .pt (e.g. a committed checkpoint) "
                              "instead of the orthogonal init: a continuation run")
+    parser.add_argument("--finalize", action="store_true",
+                        help="do not train further: write the final model from the last runs/ checkpoint "
+                             "(an interrupted schedule; the json records the epochs completed)")
     parser.add_argument("--stop-after", type=int, default=None,
                         help="stop (checkpoint only, no final model) after this many epochs in total")
     parser.add_argument("--progress-interval", type=float, default=30.0, help="tqdm mininterval in seconds")
@@ -190,7 +193,7 @@ def main(argv=None) -> dict | None:
 
     certifier = GloroCertifier(model)
     eval_eps = cfg.get("eval_eps", [cfg["eps"]])
-    for epoch in range(start_epoch, cfg["epochs"]):
+    for epoch in range(start_epoch, start_epoch if args.finalize else cfg["epochs"]):
         t0 = time.time()
         model.train()
         gen = torch.Generator().manual_seed(args.seed * 100003 + epoch)
@@ -255,7 +258,7 @@ def main(argv=None) -> dict | None:
     meta.update(
         name=name,
         training=dict(command=cmd, config=args.config, seed=args.seed, threads=args.threads,
-                      init_from=args.init_from, **cfg,
+                      init_from=args.init_from, epochs_completed=len(log), **cfg,
                       steps_per_epoch=steps_per_epoch, wall_time_s=round(wall, 1),
                       torch=torch.__version__, python=platform.python_version(),
                       schedule="log ε ramp from eps_start_fraction·train_eps over ramp_fraction of the steps; "
