@@ -69,7 +69,7 @@ x_test, y_test = x_test[:n_test].to(dev), y_test[:n_test].to(dev)
 # norms of the committed `mnist_0.3` model (a 2C2F net), and, for its first convolution, power
 # iteration against the SVD of the explicit $3136 \times 784$ matrix.
 
-# %%
+# %% tags=["nbval-ignore-output"]
 gloro = load_model(models[0], device=dev)
 net = gloro.model
 L_sub, K = gloro.lipschitz_constants()
