@@ -47,7 +47,7 @@ test-book: $(STAMP)
 # The book build first, then one pytest run over the library tests and the notebooks (nbval),
 # so that the run ends with pytest's summary line.
 test: test-book $(STAMP)
-	$(BIN)/python -m pytest -q -p no:cacheprovider --nbval --nbval-current-env --nbval-sanitize-with tests/nbval_sanitize.cfg tests $(IPYNBS)
+	$(BIN)/python -m pytest -q -p no:cacheprovider --nbval --nbval-current-env --nbval-sanitize-with tests/nbval_sanitize.cfg --durations=15 tests $(IPYNBS)
 
 clean:
 	rm -rf _build
