@@ -63,13 +63,23 @@ class _MinMaxFn(torch.autograd.Function):
         a, b = x.chunk(2, dim=1)
         swap = a > b
         ctx.save_for_backward(swap)
-        return torch.cat([torch.where(swap, b, a), torch.where(swap, a, b)], dim=1)
+        # Write both halves into one output that keeps x's memory format (channels_last too):
+        # half the time of torch.cat, which copies and may change the layout.
+        out = torch.empty_like(x)
+        lo, hi = out.chunk(2, dim=1)
+        torch.where(swap, b, a, out=lo)
+        torch.where(swap, a, b, out=hi)
+        return out
 
     @staticmethod
     def backward(ctx, grad):
         (swap,) = ctx.saved_tensors
         g_min, g_max = grad.chunk(2, dim=1)
-        return torch.cat([torch.where(swap, g_max, g_min), torch.where(swap, g_min, g_max)], dim=1)
+        out = torch.empty_like(grad)
+        lo, hi = out.chunk(2, dim=1)
+        torch.where(swap, g_max, g_min, out=lo)
+        torch.where(swap, g_min, g_max, out=hi)
+        return out
 
 
 class MinMax(nn.Module):
@@ -501,6 +511,31 @@ class GloroCertifier(Certifier):
         j = aug[:, :-1].argmax(dim=1)
         ok = aug.gather(1, j[:, None]).squeeze(1) > aug[:, -1]
         return torch.where(ok, j, torch.full_like(j, ABSTAIN))
+
+    def rejection_loss(self, x: torch.Tensor, labels: torch.Tensor, eps: float) -> torch.Tensor:
+        """GloRo's rejection score at ε for the given labels, differentiable in ``x``: ``[N]``.
+
+        s(x) = max_{i≠l} (y_i + ε·K_li) − y_l with l = ``labels`` (K constant, converged), i.e.
+        the ⊥ logit built around l minus l's logit. s(x) < 0 exactly when ``certify(x, eps)``
+        returns l; s(x) > 0 implies it does not (it abstains or predicts another class). This is
+        the optional hook that :func:`degradation_lib.attacks.rejection_pgd` ascends (Section 3:
+        the degradation attack wants the certifier to reject, not the label to change).
+
+        Args:
+            x: inputs ``[N, C, H, W]`` in [0, 1] (gradients flow through).
+            labels: int64 ``[N]`` class indices (the model's own prediction at the clean input).
+            eps: ε > 0.
+        """
+        eps = check_eps(eps)
+        x = self._check(x)
+        if labels.shape != (x.shape[0],) or labels.dtype != torch.int64:
+            raise ValueError(f"labels must be int64 of shape ({x.shape[0]},), got {labels.dtype} {tuple(labels.shape)}")
+        K = self.K
+        p = next(self.model.parameters())
+        y = self.model(x.to(device=p.device, dtype=p.dtype))
+        labels = labels.to(y.device)
+        cand = (y + eps * K[labels]).masked_fill(_top_mask(labels, y.shape[1]), -math.inf)
+        return cand.max(dim=1).values - y.gather(1, labels[:, None])[:, 0]
 
     def to(self, device) -> "GloroCertifier":
         self.model.to(device)

@@ -47,8 +47,8 @@ CONFIGS: dict[str, dict] = {
     "mnist_0.3_2eps": dict(arch="2C2F", eps=0.6, train_eps=0.66, lam=2.0, epochs=12, batch_size=128,
                            lr=1e-3, lr_end=1e-5, ramp_fraction=0.3, eps_start_fraction=0.01, power_steps=1,
                            eval_eps=[0.3, 0.6]),
-    "mnist_1.58": dict(arch="4C3F", eps=1.58, train_eps=1.74, lam=1.5, epochs=5, batch_size=128,
-                       lr=1e-3, lr_end=1e-5, ramp_fraction=0.3, eps_start_fraction=0.01, power_steps=1),
+    "mnist_1.58": dict(arch="4C3F", eps=1.58, train_eps=1.74, lam=1.5, epochs=45, batch_size=128,
+                       lr=1e-3, lr_end=5e-6, ramp_fraction=0.3, eps_start_fraction=0.01, power_steps=1),
     "mnist_1.58_2eps": dict(arch="4C3F", eps=3.16, train_eps=3.48, lam=1.5, epochs=5, batch_size=128,
                             lr=1e-3, lr_end=1e-5, ramp_fraction=0.3, eps_start_fraction=0.01, power_steps=1,
                             eval_eps=[1.58, 3.16]),
@@ -144,6 +144,9 @@ def main(argv=None) -> dict | None:
                              "(an interrupted schedule; the json records the epochs completed)")
     parser.add_argument("--stop-after", type=int, default=None,
                         help="stop (checkpoint only, no final model) after this many epochs in total")
+    parser.add_argument("--channels-last", action="store_true",
+                        help="train in the channels_last memory format (≈1.3× faster convolutions on a CPU; "
+                             "same maths, different float rounding, so not bit-identical to a run without it)")
     parser.add_argument("--progress-interval", type=float, default=30.0, help="tqdm mininterval in seconds")
     args = parser.parse_args(argv)
 
@@ -176,6 +179,9 @@ def main(argv=None) -> dict | None:
 
     torch.manual_seed(args.seed)
     model = GloroNet(cfg["arch"], num_classes=10, seed=args.seed)
+    if args.channels_last:
+        model = model.to(memory_format=torch.channels_last)
+        x_train = x_train.contiguous(memory_format=torch.channels_last)
     optimizer = torch.optim.Adam(model.parameters(), lr=cfg["lr"])
     start_epoch, log, wall = 0, [], 0.0
     if args.init_from:
@@ -184,7 +190,8 @@ def main(argv=None) -> dict | None:
         model.load_state_dict({k: v.float() if v.is_floating_point() else v for k, v in init.items()})
     if ckpt_path.is_file() and not args.no_resume:
         state = torch.load(ckpt_path, weights_only=True)
-        if state["config"] != json.loads(json.dumps(cfg)) or state["seed"] != args.seed:
+        if (state["config"] != json.loads(json.dumps(cfg)) or state["seed"] != args.seed
+                or state.get("channels_last", False) != args.channels_last):
             raise SystemExit(f"{ckpt_path} was written with a different config/seed; use --no-resume")
         model.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
@@ -235,14 +242,15 @@ def main(argv=None) -> dict | None:
         print(json.dumps(entry), flush=True)
         tmp = run_dir / "last.pt.tmp"
         torch.save(dict(model=model.state_dict(), optimizer=optimizer.state_dict(), epoch=epoch + 1,
-                        log=json.dumps(log), wall_s=wall, config=cfg, seed=args.seed), tmp)
+                        log=json.dumps(log), wall_s=wall, config=cfg, seed=args.seed,
+                        channels_last=args.channels_last), tmp)
         os.replace(tmp, ckpt_path)
         if args.stop_after is not None and epoch + 1 >= args.stop_after and epoch + 1 < cfg["epochs"]:
             print(f"stopping after epoch {epoch + 1} (--stop-after); resume to finish", flush=True)
             return None
 
     # Final: store float16 weights, reload them, converge, measure with the certifier.
-    state16 = {k: (v.half() if v.is_floating_point() else v) for k, v in model.state_dict().items()}
+    state16 = {k: (v.half() if v.is_floating_point() else v).contiguous() for k, v in model.state_dict().items()}
     out_dir = Path(args.out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     from .gloro import load_checkpoint
@@ -258,7 +266,7 @@ def main(argv=None) -> dict | None:
     meta.update(
         name=name,
         training=dict(command=cmd, config=args.config, seed=args.seed, threads=args.threads,
-                      init_from=args.init_from, epochs_completed=len(log), **cfg,
+                      init_from=args.init_from, channels_last=args.channels_last, epochs_completed=len(log), **cfg,
                       steps_per_epoch=steps_per_epoch, wall_time_s=round(wall, 1),
                       torch=torch.__version__, python=platform.python_version(),
                       schedule="log ε ramp from eps_start_fraction·train_eps over ramp_fraction of the steps; "

@@ -129,6 +129,25 @@ def test_minmax_is_a_sorted_pair_and_1_lipschitz():
         minmax(torch.zeros(2, 3))
 
 
+def test_minmax_keeps_channels_last_and_agrees_with_contiguous():
+    torch.manual_seed(5)
+    x = torch.randn(4, 8, 5, 5)
+    xc = x.contiguous(memory_format=torch.channels_last).requires_grad_(True)
+    x.requires_grad_(True)
+    y, yc = minmax(x), minmax(xc)
+    assert yc.is_contiguous(memory_format=torch.channels_last)
+    assert torch.equal(y, yc)
+    g = torch.randn_like(y)
+    gx, = torch.autograd.grad(y, x, g)
+    gxc, = torch.autograd.grad(yc, xc, g.contiguous(memory_format=torch.channels_last))
+    assert torch.equal(gx, gxc)
+    # the gradient routes each output's gradient back to the input it came from
+    a, b = x.detach().chunk(2, dim=1)
+    g_lo, g_hi = g.chunk(2, dim=1)
+    swap = a > b
+    assert torch.equal(gx, torch.cat([torch.where(swap, g_hi, g_lo), torch.where(swap, g_lo, g_hi)], dim=1))
+
+
 # -------------------------------------------------------------------------------------------
 # The Lipschitz bound is sound
 # -------------------------------------------------------------------------------------------
@@ -219,6 +238,34 @@ def test_certify_agrees_with_radius():
         assert 0 < (out != ABSTAIN).sum() < len(x)
 
 
+def test_rejection_loss_sign_matches_certify():
+    """s(x) < 0 exactly where certify(x, ε) returns the label; s(x) > 0 otherwise."""
+    net = small_net(12)
+    cert = GloroCertifier(net, tol=1e-12)
+    x = torch.rand(2000, 1, 12, 12, generator=torch.Generator().manual_seed(12), dtype=torch.float64)
+    labels, radius = cert.certified_radius(x)
+    eps = float(radius.median()) * 1.0001 + 1e-9
+    out = cert.certify(x, eps)
+    s = cert.rejection_loss(x, labels, eps)
+    near = s.abs() <= 1e-9
+    assert ((s < 0) == (out == labels))[~near].all()
+    assert 0 < (s < 0).sum() < len(x)
+    # another class as label: never certified for it, the score is ≥ 0
+    other = (labels + 1) % 5
+    assert (cert.rejection_loss(x, other, eps) >= 0).all()
+    # differentiable in x, constants K not trained through
+    xg = x[:16].clone().requires_grad_(True)
+    cert.rejection_loss(xg, labels[:16], eps).sum().backward()
+    assert torch.isfinite(xg.grad).all() and xg.grad.abs().sum() > 0
+    assert not cert.K.requires_grad
+    with pytest.raises(ValueError):
+        cert.rejection_loss(x[:3], labels[:2], eps)
+    with pytest.raises(ValueError):
+        cert.rejection_loss(x[:3], labels[:3].float(), eps)
+    with pytest.raises(ValueError):
+        cert.rejection_loss(x[:3], labels[:3], -1.0)
+
+
 @pytest.mark.parametrize("eps", [0.0, -0.1, float("nan"), float("inf"), "a"])
 def test_bad_eps_raises(eps):
     cert = GloroCertifier(small_net(9))
@@ -282,11 +329,12 @@ def test_loss_is_ce_plus_lambda_kl():
     assert all(torch.isfinite(p.grad).all() for p in net.parameters())
 
 
-def test_training_is_deterministic_and_resumes(tmp_path):
+@pytest.mark.parametrize("layout", [[], ["--channels-last"]], ids=["contiguous", "channels_last"])
+def test_training_is_deterministic_and_resumes(tmp_path, layout):
     """Two epochs straight equal one epoch, an interruption, and a resume -- bit for bit."""
     from degradation_lib.train_gloro import main
     common = ["--config", "mnist_0.3", "--epochs", "2", "--train-limit", "512", "--test-limit", "200",
-              "--seed", "3", "--progress-interval", "1000"]
+              "--seed", "3", "--progress-interval", "1000"] + layout
     a = main(common + ["--runs-dir", str(tmp_path / "a"), "--out-dir", str(tmp_path / "oa")])
     assert main(common + ["--runs-dir", str(tmp_path / "b"), "--out-dir", str(tmp_path / "ob"),
                           "--stop-after", "1"]) is None
@@ -301,6 +349,12 @@ def test_training_is_deterministic_and_resumes(tmp_path):
     assert [e["loss"] for e in a["training"]["log"]] == [e["loss"] for e in b["training"]["log"]]
     meta = json.loads((tmp_path / "oa" / "mnist_0.3.json").read_text())
     assert meta["kind"] == "gloro" and meta["arch"] == "2C2F" and meta["metrics"]["n"] == 200
+    assert meta["training"]["channels_last"] == bool(layout)
+    assert all(v.is_contiguous() for v in state_a.values())  # stored in the default layout
+    # a checkpoint written in one layout is not resumed in the other
+    flipped = [a for a in common if a != "--channels-last"] + ([] if layout else ["--channels-last"])
+    with pytest.raises(SystemExit):
+        main(flipped + ["--runs-dir", str(tmp_path / "b"), "--out-dir", str(tmp_path / "oc")])
 
 
 # -------------------------------------------------------------------------------------------
