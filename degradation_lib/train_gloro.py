@@ -49,8 +49,8 @@ CONFIGS: dict[str, dict] = {
                            eval_eps=[0.3, 0.6]),
     "mnist_1.58": dict(arch="4C3F", eps=1.58, train_eps=1.74, lam=1.5, epochs=45, batch_size=128,
                        lr=1e-3, lr_end=5e-6, ramp_fraction=0.3, eps_start_fraction=0.01, power_steps=1),
-    "mnist_1.58_2eps": dict(arch="4C3F", eps=3.16, train_eps=3.48, lam=1.5, epochs=5, batch_size=128,
-                            lr=1e-3, lr_end=1e-5, ramp_fraction=0.3, eps_start_fraction=0.01, power_steps=1,
+    "mnist_1.58_2eps": dict(arch="4C3F", eps=3.16, train_eps=3.48, lam=1.5, epochs=20, batch_size=128,
+                            lr=1e-3, lr_end=5e-6, ramp_fraction=0.3, eps_start_fraction=0.01, power_steps=1,
                             eval_eps=[1.58, 3.16]),
 }
 """Named configurations (the model name is the config name)."""

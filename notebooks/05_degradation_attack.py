@@ -55,7 +55,6 @@ from myst_nb import glue
 
 import degradation_lib as dl
 from degradation_lib import ABSTAIN
-from degradation_lib.gloro import gloro_logits
 from degradation_lib.paper import TABLE1_GLORO, UPPER_BOUNDS_GLORO, ATTACK_SHARE_OF_UPPER_BOUND
 
 torch.manual_seed(seed)
@@ -100,26 +99,17 @@ dev = dl.resolve_device(device)
 # does not run, we also plug into Algorithm 3.1 a PGD that ascends GloRo's own rejection score,
 # $y_\bot(x') - y_j(x')$ with $y_\bot = \max_{i \ne j}(y_i + \epsilon K_{ij})$ (see the GloRo
 # page), evaluated at the projected point: it aims at the rejection rather than at a label
-# flip. Finally, to show that any off-the-shelf attack plugs in, Algorithm 3.1 with foolbox's
-# `L2PGD` {cite}`rauber2017foolbox` (the implementation the paper's authors used); to save time
-# it runs on the first model only.
+# flip. `GloroCertifier.rejection_loss` is that score with $j$ the label of the clean input,
+# $y_\bot - y_j$, negative exactly where the check certifies $j$; `rejection_pgd` picks it up as
+# the certifier's hook. Finally, to show that any off-the-shelf attack plugs in, Algorithm 3.1
+# with foolbox's `L2PGD` {cite}`rauber2017foolbox` (the implementation the paper's authors used);
+# to save time it runs on the first model only.
 
 # %%
-def gloro_rejection(certifier):
-    """GloRo's rejection score y_⊥ − y_label at ε, a differentiable function of the input."""
-    K = certifier.K
-
-    def score(x, labels, eps):
-        y = certifier.model(x)
-        return gloro_logits(y, K, eps)[:, -1] - y.gather(1, labels[:, None])[:, 0]
-
-    return score
-
-
 def make_attacks(certifier, generator, with_rejection, with_foolbox):
     """The attacks of this page, each as run(certifier, x, eps) -> x'."""
     pgd = functools.partial(dl.pgd, steps=steps, rel_step=rel_step, generator=generator)
-    rejection = lambda eps: dl.rejection_pgd(certifier, eps, rejection_loss=gloro_rejection(certifier),
+    rejection = lambda eps: dl.rejection_pgd(certifier, eps,  # the certifier's rejection_loss hook
                                              steps=steps, rel_step=rel_step, generator=generator)
     foolbox = dl.foolbox_attack(fb.attacks.L2PGD(steps=steps, rel_stepsize=rel_step), generator=generator)
     attacks = {

@@ -369,15 +369,16 @@ def mnist_test():
     return load_mnist("test")
 
 
-@pytest.mark.parametrize("name", ["mnist_0.3", "mnist_0.3_2eps"])
+@pytest.mark.parametrize("name", MODELS)
 def test_committed_model_matches_its_json(name, mnist_test):
     cert = load_model(name)
     assert isinstance(cert, GloroCertifier)
     meta = json.loads((CHECKPOINT_DIR / f"{name}.json").read_text())
     x, y = mnist_test
-    labels, radius = cert.certified_radius(x)
+    labels = torch.cat([cert.predict(x[i:i + 2000]) for i in range(0, len(x), 2000)])
+    certified = torch.cat([cert.certify(x[i:i + 2000], meta["eps"]) for i in range(0, len(x), 2000)])
     assert (labels == y).float().mean().item() == pytest.approx(meta["metrics"]["clean_accuracy"], abs=1e-6)
-    assert (cert.certify(x, meta["eps"]) == y).float().mean().item() == pytest.approx(meta["metrics"][f"vra@{meta['eps']}"], abs=1e-6)
+    assert (certified == y).float().mean().item() == pytest.approx(meta["metrics"][f"vra@{meta['eps']}"], abs=1e-6)
 
 
 def l2_pgd(model, x, label, radius, steps=100, restarts=2, gen=None):
