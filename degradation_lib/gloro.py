@@ -75,6 +75,8 @@ class _MinMaxFn(torch.autograd.Function):
     def backward(ctx, grad):
         (swap,) = ctx.saved_tensors
         g_min, g_max = grad.chunk(2, dim=1)
+        if grad.requires_grad:  # double backward (create_graph=True): out= is not differentiable
+            return torch.cat([torch.where(swap, g_max, g_min), torch.where(swap, g_min, g_max)], dim=1)
         out = torch.empty_like(grad)
         lo, hi = out.chunk(2, dim=1)
         torch.where(swap, g_max, g_min, out=lo)

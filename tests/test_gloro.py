@@ -146,6 +146,9 @@ def test_minmax_keeps_channels_last_and_agrees_with_contiguous():
     g_lo, g_hi = g.chunk(2, dim=1)
     swap = a > b
     assert torch.equal(gx, torch.cat([torch.where(swap, g_hi, g_lo), torch.where(swap, g_lo, g_hi)], dim=1))
+    # second derivatives (create_graph=True) go through the differentiable path
+    xd = torch.randn(4, 8, 5, 5, dtype=torch.float64, requires_grad=True)
+    assert torch.autograd.gradgradcheck(minmax, (xd,))
 
 
 # -------------------------------------------------------------------------------------------
