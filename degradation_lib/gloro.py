@@ -51,6 +51,24 @@ def minmax(x: torch.Tensor) -> torch.Tensor:
     return _MinMaxFn.apply(x)
 
 
+def _route(swap: torch.Tensor, whole: torch.Tensor) -> torch.Tensor:
+    """``cat([where(swap, b, a), where(swap, a, b)], dim=1)`` with ``a, b = whole.chunk(2, 1)``:
+    MinMax's output from its input, or its input gradient from the output gradient.
+
+    Written into one tensor that keeps ``whole``'s memory format (channels_last too): half the
+    time of ``torch.cat``, which copies and may change the layout. ``out=`` is not differentiable,
+    so where autograd records (double backward, ``create_graph=True``) the plain expression is used.
+    """
+    a, b = whole.chunk(2, dim=1)
+    if torch.is_grad_enabled() and whole.requires_grad:
+        return torch.cat([torch.where(swap, b, a), torch.where(swap, a, b)], dim=1)
+    out = torch.empty_like(whole)
+    lo, hi = out.chunk(2, dim=1)
+    torch.where(swap, b, a, out=lo)
+    torch.where(swap, a, b, out=hi)
+    return out
+
+
 class _MinMaxFn(torch.autograd.Function):
     """MinMax with a cheap backward: one comparison mask routes the gradients.
 
@@ -63,25 +81,12 @@ class _MinMaxFn(torch.autograd.Function):
         a, b = x.chunk(2, dim=1)
         swap = a > b
         ctx.save_for_backward(swap)
-        # Write both halves into one output that keeps x's memory format (channels_last too):
-        # half the time of torch.cat, which copies and may change the layout.
-        out = torch.empty_like(x)
-        lo, hi = out.chunk(2, dim=1)
-        torch.where(swap, b, a, out=lo)
-        torch.where(swap, a, b, out=hi)
-        return out
+        return _route(swap, x)
 
     @staticmethod
     def backward(ctx, grad):
         (swap,) = ctx.saved_tensors
-        g_min, g_max = grad.chunk(2, dim=1)
-        if grad.requires_grad:  # double backward (create_graph=True): out= is not differentiable
-            return torch.cat([torch.where(swap, g_max, g_min), torch.where(swap, g_min, g_max)], dim=1)
-        out = torch.empty_like(grad)
-        lo, hi = out.chunk(2, dim=1)
-        torch.where(swap, g_max, g_min, out=lo)
-        torch.where(swap, g_min, g_max, out=hi)
-        return out
+        return _route(swap, grad)
 
 
 class MinMax(nn.Module):
@@ -373,6 +378,11 @@ def _top_mask(j: torch.Tensor, num_classes: int) -> torch.Tensor:
     return F.one_hot(j, num_classes).bool()
 
 
+def _bottom_logit(y: torch.Tensor, K: torch.Tensor, eps: float, j: torch.Tensor) -> torch.Tensor:
+    """y_⊥ = max_{i≠j} (y_i + ε·K_ij) ``[N]`` around the classes ``j`` ``[N]`` (masked by index)."""
+    return (y + eps * K[j]).masked_fill(_top_mask(j, y.shape[1]), -math.inf).max(dim=1).values
+
+
 def gloro_logits(y: torch.Tensor, K: torch.Tensor, eps: float) -> torch.Tensor:
     """Class logits with the ⊥ logit appended: ``[N, C+1]``.
 
@@ -381,9 +391,7 @@ def gloro_logits(y: torch.Tensor, K: torch.Tensor, eps: float) -> torch.Tensor:
     Differentiable in ``y`` and ``K`` (used by the training loss).
     """
     j = y.argmax(dim=1)
-    cand = y + eps * K[j]
-    cand = cand.masked_fill(_top_mask(j, y.shape[1]), -math.inf)
-    return torch.cat([y, cand.max(dim=1, keepdim=True).values], dim=1)
+    return torch.cat([y, _bottom_logit(y, K, eps, j)[:, None]], dim=1)
 
 
 def certified_radius_from_logits(y: torch.Tensor, K: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -475,10 +483,13 @@ class GloroCertifier(Certifier):
     def _check(self, x: torch.Tensor) -> torch.Tensor:
         return check_input(x, ndim=4, shape=self.model.input_shape, unit_range=self.unit_range)
 
-    def _logits(self, x: torch.Tensor) -> torch.Tensor:
+    def _to_model(self, x: torch.Tensor) -> torch.Tensor:
         p = next(self.model.parameters())
+        return x.to(device=p.device, dtype=p.dtype)
+
+    def _logits(self, x: torch.Tensor) -> torch.Tensor:
         with torch.no_grad():
-            return self.model(x.to(device=p.device, dtype=p.dtype))
+            return self.model(self._to_model(x))
 
     def logits(self, x: torch.Tensor, eps: float | None = None) -> torch.Tensor:
         """Class logits ``[N, C]``; with ``eps`` the ⊥ logit is appended (``[N, C+1]``)."""
@@ -532,12 +543,9 @@ class GloroCertifier(Certifier):
         x = self._check(x)
         if labels.shape != (x.shape[0],) or labels.dtype != torch.int64:
             raise ValueError(f"labels must be int64 of shape ({x.shape[0]},), got {labels.dtype} {tuple(labels.shape)}")
-        K = self.K
-        p = next(self.model.parameters())
-        y = self.model(x.to(device=p.device, dtype=p.dtype))
+        y = self.model(self._to_model(x))
         labels = labels.to(y.device)
-        cand = (y + eps * K[labels]).masked_fill(_top_mask(labels, y.shape[1]), -math.inf)
-        return cand.max(dim=1).values - y.gather(1, labels[:, None])[:, 0]
+        return _bottom_logit(y, self.K, eps, labels) - y.gather(1, labels[:, None])[:, 0]
 
     def to(self, device) -> "GloroCertifier":
         self.model.to(device)

@@ -192,7 +192,7 @@ def main(argv=None) -> dict | None:
         state = torch.load(ckpt_path, weights_only=True)
         if (state["config"] != json.loads(json.dumps(cfg)) or state["seed"] != args.seed
                 or state.get("channels_last", False) != args.channels_last):
-            raise SystemExit(f"{ckpt_path} was written with a different config/seed; use --no-resume")
+            raise SystemExit(f"{ckpt_path} was written with a different config/seed/memory layout; use --no-resume")
         model.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
         start_epoch, log, wall = state["epoch"], json.loads(state["log"]), state["wall_s"]
