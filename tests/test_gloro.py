@@ -360,6 +360,72 @@ def test_training_is_deterministic_and_resumes(tmp_path, layout):
         main(flipped + ["--runs-dir", str(tmp_path / "b"), "--out-dir", str(tmp_path / "oc")])
 
 
+def test_schedules_by_hand():
+    """ε and lr schedules against values worked out by hand; bad schedule names raise."""
+    from degradation_lib.train_gloro import eps_at, lr_at
+    T = 1001
+    ref = dict(train_eps=1.74, eps_start_fraction=0.01, ramp_fraction=0.0, lr=1e-3, lr_end=5e-6,
+               eps_schedule="log", lr_schedule="exp")
+    # reference 'logarithmic': log((e^1.74 - e^0.0174) t + e^0.0174); at t = 1/4:
+    # e^1.74 = 5.69734, e^0.0174 = 1.01755, so log(4.67979 / 4 + 1.01755) = log(2.18750) = 0.78276
+    assert eps_at(0, T, ref) == pytest.approx(0.0174, rel=1e-12)
+    assert eps_at(250, T, ref) == pytest.approx(0.78276, abs=2e-5)
+    assert eps_at(T - 1, T, ref) == pytest.approx(1.74, rel=1e-12)
+    eps = [eps_at(s, T, ref) for s in range(T)]
+    diffs = [b - a for a, b in zip(eps, eps[1:])]
+    assert all(d > 0 for d in diffs) and all(b <= a + 1e-12 for a, b in zip(diffs, diffs[1:]))  # rising, concave
+    # exponential lr decay from the first step: geometric mean half-way
+    assert lr_at(0, 1000, ref) == pytest.approx(1e-3, rel=1e-12)
+    assert lr_at(500, 1000, ref) == pytest.approx(math.sqrt(1e-3 * 5e-6), rel=1e-9)
+    assert lr_at(1000, 1000, ref) == pytest.approx(5e-6, rel=1e-9)
+    geo = dict(ref, eps_schedule="geometric", lr_schedule="after_ramp", ramp_fraction=0.3)
+    ramp = round(0.3 * T)
+    assert eps_at(0, T, geo) == pytest.approx(0.0174) and eps_at(ramp, T, geo) == 1.74
+    assert eps_at(ramp // 2, T, geo) == pytest.approx(1.74 * 0.01 ** (1 - (ramp // 2) / ramp))
+    assert lr_at(ramp - 1, T, geo) == 1e-3 and lr_at(ramp + 1, T, geo) < 1e-3
+    for bad in (dict(ref, eps_schedule="linear"), dict(ref, lr_schedule="cosine")):
+        with pytest.raises(ValueError):
+            eps_at(3, T, bad), lr_at(3, T, bad)
+
+
+def test_merge_stages_keeps_both_recipes():
+    from degradation_lib.train_gloro import merge_stages
+    s1 = dict(name="a", metrics={"vra@1": 0.5}, training=dict(epochs_completed=3, wall_time_s=10.0, schedule="S1",
+                                                               command="c1", log=[1, 2, 3]))
+    s2 = dict(name="a_stage2", metrics={"vra@1": 0.6}, training=dict(epochs_completed=2, wall_time_s=5.5,
+                                                                      schedule="S2", command="c2", log=[4, 5]))
+    m = merge_stages(s1, s2, "a")
+    assert m["name"] == "a" and m["metrics"] == {"vra@1": 0.6}
+    t = m["training"]
+    assert t["total_epochs"] == 5 and t["total_wall_time_s"] == 15.5 and t["command"] == "c2"
+    assert t["stages"][0]["command"] == "c1" and t["stages"][0]["metrics_after_stage"] == {"vra@1": 0.5}
+    assert "S1" in t["schedule"] and "S2" in t["schedule"]
+    assert s2["name"] == "a_stage2" and "stages" not in s2["training"]  # inputs untouched
+    # a third stage on top of a merged model keeps the totals running
+    s3 = dict(name="x", metrics={}, training=dict(epochs_completed=1, wall_time_s=1.0, schedule="S3", command="c3"))
+    assert merge_stages(m, s3, "a")["training"]["total_epochs"] == 6
+
+
+def test_refresh_iterates_leaves_converged_iterates(tmp_path):
+    """With refresh_iterates the checkpointed iterates give the converged L_sub; the iterates the
+    training saw (L_sub_iterates) are a lower bound of it."""
+    import copy
+    from degradation_lib.train_gloro import main
+    meta = main(["--config", "mnist_1.58", "--epochs", "1", "--train-limit", "256", "--test-limit", "100",
+                 "--seed", "1", "--progress-interval", "1000", "--runs-dir", str(tmp_path / "r"),
+                 "--out-dir", str(tmp_path / "o")])
+    assert meta["training"]["refresh_iterates"] == 1 and "converged after every epoch" in meta["training"]["schedule"]
+    state = torch.load(tmp_path / "r" / "mnist_1.58" / "last.pt", weights_only=True)
+    net = GloroNet("4C3F", num_classes=10)
+    net.load_state_dict(state["model"])
+    with torch.no_grad():
+        stored = net.lipschitz_sub().item()
+    converged = math.prod(copy.deepcopy(net).converge())
+    assert stored == pytest.approx(converged, rel=1e-3)
+    entry = meta["training"]["log"][-1]
+    assert entry["L_sub_iterates"] <= converged * (1 + 1e-5)
+
+
 # -------------------------------------------------------------------------------------------
 # Committed models
 # -------------------------------------------------------------------------------------------
