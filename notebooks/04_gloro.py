@@ -131,8 +131,7 @@ glue("sigma_svd", sigma_svd, display=False)
 # persistent iterates; they lag the weights and read $L_\mathrm{sub}$ low during training (by up to
 # {glue:text}`mnist_1.58_iterate_lag:.0%` at the end of an epoch in the `mnist_1.58` run, whose
 # iterates are converged after every epoch as in the reference code), which is why certification
-# always converges them first. The heat map shows $K$
-# for `mnist_0.3`; one test image follows.
+# always converges them first. The heat map shows $K$ for `mnist_0.3`; one test image follows.
 
 # %% mystnb={"figure": {"caption": "The constants K_ij = L_sub \u2016w_j \u2212 w_i\u2016\u2082 of the committed mnist_0.3 GloRo net, by pair of digit classes. K_ij bounds how fast the margin y_j \u2212 y_i can change per unit of \u2113\u2082 distance in input space.", "name": "fig-gloro-K"}}
 fig, ax = plt.subplots(figsize=(5.5, 4.5))
@@ -266,7 +265,7 @@ for base in models:  # the stored metrics were measured the same way after train
 # cost of VRA at $\epsilon$: {glue:text}`mnist_0.3_2eps_vra:.1%` and
 # {glue:text}`mnist_1.58_2eps_vra:.1%` (after {glue:text}`mnist_0.3_2eps_epochs:d` and
 # {glue:text}`mnist_1.58_2eps_epochs:d` epochs). All of them were trained on a 2-core CPU (wall-clock
-# times as recorded, the 2C2F ones while other jobs shared the CPU):
+# times as recorded, including stretches when other jobs shared the CPU):
 # {glue:text}`mnist_0.3_train_min:.0f` and {glue:text}`mnist_0.3_2eps_train_min:.0f` minutes for
 # the 2C2F nets, {glue:text}`mnist_1.58_train_min:.0f` and
 # {glue:text}`mnist_1.58_2eps_train_min:.0f` minutes for the 4C3F nets, against 500 epochs in the
