@@ -24,5 +24,6 @@ from .linf import LinfCertifier, compute_bounds, input_box, interval_bounds, mar
 from .metrics import Rate, clopper_pearson, degradation_report, rate, upper_bound
 from .registry import available_models, load_model, model_metadata
 from .results import PointResults, merge
+from . import published
 
 __version__ = "0.1.0"
