@@ -10,7 +10,7 @@ STAMP := $(VENV)/.installed
 NOTEBOOKS := $(sort $(wildcard notebooks/[0-9][0-9]_*.py))
 IPYNBS := $(NOTEBOOKS:.py=.ipynb)
 
-.PHONY: book test venv notebooks test-lib test-notebooks test-book clean
+.PHONY: book test venv notebooks test-lib test-notebooks test-book clean lab page check-browser
 
 venv: $(STAMP)
 
@@ -48,6 +48,12 @@ test-book: $(STAMP)
 # so that the run ends with pytest's summary line.
 test: test-book $(STAMP)
 	$(BIN)/python -m pytest -q -p no:cacheprovider --nbval --nbval-current-env --nbval-sanitize-with tests/nbval_sanitize.cfg --durations=15 tests $(IPYNBS)
+
+# JupyterLab on the repository: open notebooks/*.py (the sources) as notebooks (jupytext), or the
+# executed .ipynb. LAB_ARGS passes options through, e.g. LAB_ARGS="--no-browser --port=8899".
+LAB_ARGS ?=
+lab: $(STAMP)
+	$(BIN)/jupyter lab --ServerApp.root_dir=$(CURDIR) --ServerApp.default_url=/lab/tree/notebooks $(LAB_ARGS)
 
 clean:
 	rm -rf _build
