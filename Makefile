@@ -55,5 +55,13 @@ LAB_ARGS ?=
 lab: $(STAMP)
 	$(BIN)/jupyter lab --ServerApp.root_dir=$(CURDIR) --ServerApp.default_url=/lab/tree/notebooks $(LAB_ARGS)
 
+# Rerun one page with papermill parameters and render it alone (glued numbers filled in):
+#   make page NB=03_spgd ARGS="-p sigma 0.5"   ->  _build/pages/03_spgd/index.html
+NB ?=
+ARGS ?=
+page: $(STAMP)
+	@test -n "$(NB)" || { echo 'usage: make page NB=03_spgd ARGS="-p sigma 0.5"'; exit 2; }
+	$(BIN)/python tools/render_page.py $(NB) $(ARGS)
+
 clean:
 	rm -rf _build
