@@ -29,7 +29,12 @@ Recipe (Leino et al. 2021, as used by the paper's authors; shortened for a CPU):
 At the end the power iteration is run to convergence, the certifier measures clean accuracy and
 VRA at ε on the 10,000 MNIST test images, and ``degradation_lib/checkpoints/<name>.pt`` (float16
 state_dict) and ``<name>.json`` (recipe and metrics, measured on the stored float16 weights)
-are written.
+are written by the shared :func:`degradation_lib.checkpoint_writer.write_checkpoint`.
+
+``--device auto|cpu|cuda`` picks where to train ("auto": CUDA when present). The batches are the
+same on every device (the shuffling generator is on the CPU); the final metrics are always
+measured on the CPU from the stored weights, so the json's numbers are CPU numbers wherever the
+model was trained (the json records the training device).
 """
 
 from __future__ import annotations
@@ -46,6 +51,8 @@ from pathlib import Path
 
 import torch
 
+from .certifier import resolve_device
+from .checkpoint_writer import device_option, write_checkpoint
 from .data import load_mnist
 from .gloro import GloroCertifier, GloroNet, gloro_loss
 from .registry import CHECKPOINT_DIR
@@ -218,7 +225,9 @@ def main(argv=None) -> dict | None:
                         help="train in the channels_last memory format (≈1.3× faster convolutions on a CPU; "
                              "same maths, different float rounding, so not bit-identical to a run without it)")
     parser.add_argument("--progress-interval", type=float, default=30.0, help="tqdm mininterval in seconds")
+    device_option(parser)
     args = parser.parse_args(argv)
+    dev = resolve_device(args.device)
 
     torch.set_num_threads(args.threads)
     cfg = dict(CONFIGS[args.config])
@@ -249,17 +258,21 @@ def main(argv=None) -> dict | None:
 
     torch.manual_seed(args.seed)
     model = GloroNet(cfg["arch"], num_classes=10, seed=args.seed)
+    # Training runs on `dev`; the shuffling generator stays on the CPU (same batches on any
+    # device), and the final metrics are measured on the CPU from the stored weights.
+    model = model.to(dev)
+    x_train, y_train, x_test, y_test = x_train.to(dev), y_train.to(dev), x_test.to(dev), y_test.to(dev)
     if args.channels_last:
         model = model.to(memory_format=torch.channels_last)
         x_train = x_train.contiguous(memory_format=torch.channels_last)
     optimizer = torch.optim.Adam(model.parameters(), lr=cfg["lr"])
     start_epoch, log, wall = 0, [], 0.0
     if args.init_from:
-        init = torch.load(args.init_from, weights_only=True)
+        init = torch.load(args.init_from, weights_only=True, map_location=dev)
         init = init.get("model", init)  # a runs/ checkpoint or a bare state_dict
         model.load_state_dict({k: v.float() if v.is_floating_point() else v for k, v in init.items()})
     if ckpt_path.is_file() and not args.no_resume:
-        state = torch.load(ckpt_path, weights_only=True)
+        state = torch.load(ckpt_path, weights_only=True, map_location=dev)
         if (state["config"] != json.loads(json.dumps(cfg)) or state["seed"] != args.seed
                 or state.get("channels_last", False) != args.channels_last):
             raise SystemExit(f"{ckpt_path} was written with a different config/seed/memory layout; use --no-resume")
@@ -283,7 +296,7 @@ def main(argv=None) -> dict | None:
             eps = eps_at(step, total_steps, cfg)
             for group in optimizer.param_groups:
                 group["lr"] = lr_at(step, total_steps, cfg)
-            idx = perm[b * cfg["batch_size"]:(b + 1) * cfg["batch_size"]]
+            idx = perm[b * cfg["batch_size"]:(b + 1) * cfg["batch_size"]].to(dev)
             model.power_iteration(cfg["power_steps"])
             y = model(x_train[idx])
             K = model.K_matrix()
@@ -324,7 +337,7 @@ def main(argv=None) -> dict | None:
             return None
 
     # Final: store float16 weights, reload them, converge, measure with the certifier.
-    state16 = {k: (v.half() if v.is_floating_point() else v).contiguous() for k, v in model.state_dict().items()}
+    state16 = {k: (v.half() if v.is_floating_point() else v).cpu().contiguous() for k, v in model.state_dict().items()}
     out_dir = Path(args.out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     from .gloro import load_checkpoint
@@ -333,22 +346,22 @@ def main(argv=None) -> dict | None:
     cert = load_checkpoint(meta, state16, torch.device("cpu"))
     t0 = time.time()
     L_sub = cert.lipschitz_constant
-    metrics = evaluate(cert, x_test, y_test, eval_eps)
+    metrics = evaluate(cert, x_test.cpu(), y_test.cpu(), eval_eps)
     metrics["L_sub"] = L_sub
     metrics["eval_s"] = time.time() - t0
     cmd = "python -m degradation_lib.train_gloro " + " ".join(shlex.quote(a) for a in (argv if argv is not None else sys.argv[1:]))
     meta.update(
         name=name,
         training=dict(command=cmd, config=args.config, seed=args.seed, threads=args.threads,
-                      init_from=args.init_from, channels_last=args.channels_last, epochs_completed=len(log), **cfg,
+                      init_from=args.init_from, channels_last=args.channels_last, device=str(dev),
+                      epochs_completed=len(log), **cfg,
                       steps_per_epoch=steps_per_epoch, wall_time_s=round(wall, 1),
                       torch=torch.__version__, python=platform.python_version(),
                       schedule=describe_schedule(cfg),
                       log=log),
         metrics=metrics,
     )
-    torch.save(state16, out_dir / f"{name}.pt")
-    (out_dir / f"{name}.json").write_text(json.dumps(meta, indent=1) + "\n")
+    write_checkpoint(name, state16, meta, out_dir)
     print(json.dumps(metrics), flush=True)
     return meta
 
@@ -359,11 +372,9 @@ if __name__ == "__main__":
             remeasure(model_name)
     elif len(sys.argv) == 6 and sys.argv[1] == "--merge-stages":
         # --merge-stages NAME STAGE1_JSON STAGE2_JSON STAGE2_PT: install a two-run model as NAME
-        import shutil
         model_name, j1, j2, pt2 = sys.argv[2:]
         merged = merge_stages(json.loads(Path(j1).read_text()), json.loads(Path(j2).read_text()), model_name)
-        shutil.copy(pt2, CHECKPOINT_DIR / f"{model_name}.pt")
-        (CHECKPOINT_DIR / f"{model_name}.json").write_text(json.dumps(merged, indent=1) + "\n")
+        write_checkpoint(model_name, torch.load(pt2, weights_only=True), merged)
         print(json.dumps(merged["metrics"]))
     else:
         main()

