@@ -63,5 +63,12 @@ page: $(STAMP)
 	@test -n "$(NB)" || { echo 'usage: make page NB=03_spgd ARGS="-p sigma 0.5"'; exit 2; }
 	$(BIN)/python tools/render_page.py $(NB) $(ARGS)
 
+# Every built page in headless Chromium (installed with apt-get when missing and possible): no
+# console error, no failed request, every image loaded, no raw TeX left after MathJax; screenshots
+# and report.json in _build/browser/. Builds the book first if it is not built.
+check-browser: $(STAMP)
+	@test -f _build/html/index.html || $(MAKE) book
+	$(BIN)/python tools/check_browser.py
+
 clean:
 	rm -rf _build

@@ -64,6 +64,10 @@ def render_page(name: str, papermill_args: list[str]) -> Path:
     config = yaml.safe_load((ROOT / "_config.yml").read_text(encoding="utf-8"))
     config["bibtex_bibfiles"] = [str(ROOT / "book" / "references.bib")]
     config["exclude_patterns"] = ["_build/*", "**.ipynb_checkpoints"]
+    sphinx = config.setdefault("sphinx", {})
+    sphinx["local_extensions"] = {k: str(ROOT / v) for k, v in (sphinx.get("local_extensions") or {}).items()}
+    if config.get("html", {}).get("favicon"):
+        config["html"]["favicon"] = str(ROOT / config["html"]["favicon"])
     config["only_build_toc_files"] = True
     config.setdefault("execute", {})["execute_notebooks"] = "off"
     params = " ".join(papermill_args)
