@@ -35,6 +35,7 @@ device: str = "auto"  # "auto" picks CUDA when present (this page runs on the CP
 import numpy as np
 import torch
 import matplotlib.pyplot as plt
+import pandas as pd
 from matplotlib.patches import Circle
 from myst_nb import glue
 
@@ -51,8 +52,9 @@ torch.set_default_dtype(torch.float64)
 # from a distribution whose support is $M \subseteq \mathbb{R}^d$; its points are the *valid*
 # inputs.
 #
-# ```{prf:definition} Targeted adversarial example
+# ```{prf:definition} 1 (Targeted adversarial example)
 # :label: def-adversarial
+# :nonumber:
 # Given a classifier $f \in \mathbb{R}^d \to L$ and an input $x \in \mathbb{R}^d$, the input
 # $x' := x + r$ is an adversarial example with respect to a target label $l \in L$, the $\ell_p$
 # metric and a constant $\epsilon$ if the solution $r$ of
@@ -63,15 +65,17 @@ torch.set_default_dtype(torch.float64)
 # $f(x + r) \ne f(x)$. In either case $x$ must be valid, $x \in M$ {cite}`szegedy2014intriguing,carlini2017towards`.
 # ```
 #
-# ```{prf:definition} Local robustness
+# ```{prf:definition} 2 (Local robustness)
 # :label: def-local-robustness
+# :nonumber:
 # A classifier $f \in \mathbb{R}^d \to L$ is $(\epsilon, \ell_p)$-locally robust at
 # $x \in \mathbb{R}^d$ if
 # $\forall x' \in \mathbb{R}^d.\ \|x - x'\|_p \le \epsilon \Longrightarrow f(x) = f(x')$.
 # ```
 #
-# ```{prf:observation}
+# ```{prf:observation} 3
 # :label: obs-protected
+# :nonumber:
 # A classifier is protected from all adversarial examples if it is locally robust at all points
 # in $M$.
 # ```
@@ -81,8 +85,9 @@ torch.set_default_dtype(torch.float64)
 # A certified defense does not know $M$. It checks local robustness at whatever input it is given
 # and refuses to answer, returning $\bot$, where the check fails.
 #
-# ```{prf:algorithm} PredictWithDefense
+# ```{prf:algorithm} 2.1 (PredictWithDefense)
 # :label: alg-predict-with-defense
+# :nonumber:
 # **Inputs** a model $f \in \mathbb{R}^d \to L$, an input $x' \in \mathbb{R}^d$, an attack bound
 # $\epsilon$, a distance metric $\ell_p$ \
 # **Output** a prediction $l \in L \cup \{\bot\}$
@@ -92,7 +97,7 @@ torch.set_default_dtype(torch.float64)
 # ```
 #
 # In the library every defense is a `Certifier` with a `certify(x, eps)` method, and
-# `predict_with_defense(certifier, x, eps)` is {prf:ref}`alg-predict-with-defense` for any of them;
+# `predict_with_defense(certifier, x, eps)` is {prf:ref}`Algorithm 2.1 <alg-predict-with-defense>` for any of them;
 # $\bot$ is `ABSTAIN` $= -1$. A certifier also reports a *certified radius* $r(x)$: $f$ is
 # certified at $\epsilon$ exactly when $r(x) > \epsilon$.
 #
@@ -154,14 +159,18 @@ assert answer_x == 0 and label_xp.item() == 0
 assert answer_xp == ABSTAIN, "the exact check must reject x'"
 assert len(near) > 0 and not_adversarial, "every valid input near x' shares its label"
 
+# %% tags=["remove-input"]
 glue("eps", eps, display=False)
 glue("r_x", r_x.item(), display=False)
 glue("r_xp", r_xp.item(), display=False)
 glue("dist_xxp", torch.linalg.vector_norm(x_prime - x).item(), display=False)
 glue("n_near", len(near), display=False)
-print(f"f(x) = {LABELS[label_x.item()]}, r(x) = {r_x.item():.3f}, PredictWithDefense(x) = {LABELS[answer_x]}")
-print(f"f(x') = {LABELS[label_xp.item()]}, r(x') = {r_xp.item():.3f}, PredictWithDefense(x') = {LABELS[answer_xp]}")
-print(f"valid inputs within ε of x': {len(near)}, all labelled {LABELS[int(near_labels[0])]}: {not_adversarial}")
+pd.DataFrame(
+    {"f(input)": [LABELS[label_x.item()], LABELS[label_xp.item()]],
+     "certified radius r": [f"{r_x.item():.3f}", f"{r_xp.item():.3f}"],
+     "PredictWithDefense (Algorithm 2.1)": [LABELS[answer_x], LABELS[answer_xp]],
+     "valid inputs within ε": ["", f"{len(near)}, all labelled {LABELS[int(near_labels[0])]}"]},
+    index=pd.Index(["x", "x'"], name="input"))
 
 # %% [markdown]
 # At $x'$, at distance {glue:text}`dist_xxp:.2f` from $x$, the classifier still answers W, but the
@@ -169,9 +178,9 @@ print(f"valid inputs within ε of x': {len(near)}, all labelled {LABELS[int(near
 # defense returns $\bot$. Yet $x'$ is not an adversarial example: all {glue:text}`n_near:d`
 # sampled valid inputs within $\epsilon$ of $x'$ carry the label W, the label $f$ gives $x'$. The
 # points that would make the check fail lie in the gray region, outside $M$. This is
-# {numref}`fig-figure-1`, the paper's Figure 1.
+# {numref}`book figure %s <fig-figure-1>`, the paper's Figure 1.
 
-# %% mystnb={"figure": {"caption": "Figure 1 of the paper, computed. White: the valid inputs M; gray: points outside M. The line is the decision boundary between W (left) and G (right). The certified input x is moved by \u03b5 to x', where the exact check fails (its \u03b5-ball crosses the boundary) although every valid input in that ball is labelled W.", "name": "fig-figure-1"}}
+# %% mystnb={"figure": {"caption": "The paper's Figure 1, computed. White: the valid inputs M; gray: points outside M. The line is the decision boundary between W (left) and G (right). The certified input x is moved by \u03b5 to x', where the exact check fails (its \u03b5-ball crosses the boundary) although every valid input in that ball is labelled W.", "name": "fig-figure-1"}, "image": {"alt": "Unit square, gray outside two white discs (the valid inputs M); a vertical decision line at x1 = 0.5; the certified point x in the left disc and x' moved right by epsilon, with dashed epsilon circles, the one around x' crossing the line."}}
 fig, ax = plt.subplots(figsize=(5.5, 5.5))
 ax.set_facecolor("0.75")
 for center, radius in M_DISCS:
@@ -218,11 +227,11 @@ report = dl.degradation_report(truth, f.certify(valid, eps), f.certify(x_attack,
 
 assert not flipped.any(), "no certified point can change label within ε"
 assert abs(report.false_positive_rate.value - bound["upper_bound"][0]) < 1e-12
+
+# %% tags=["remove-input"]
 glue("fpr_M", report.false_positive_rate.value, display=False)
 glue("ub_M", float(bound["upper_bound"][0]), display=False)
 glue("n_M", int(certified.sum()), display=False)
-print("degradation attack on M:", report.false_positive_rate)
-print(f"upper bound 1 - P[r > 2ε]/P[r > ε] = {bound['upper_bound'][0]:.4f}")
 
 # %% [markdown]
 # Of the {glue:text}`n_M:d` sampled valid inputs certified at $\epsilon$, the attack gets

@@ -39,6 +39,7 @@ device: str = "auto"  # "auto" picks CUDA when present
 import numpy as np
 import torch
 import matplotlib.pyplot as plt
+import pandas as pd
 from myst_nb import glue
 
 import degradation_lib as dl
@@ -57,8 +58,9 @@ DT = torch.float64
 # `certifier.certify(x, eps) != ABSTAIN`, which holds exactly when the certified radius $r(x)$
 # exceeds $\epsilon$.
 #
-# ```{prf:definition} Monotonicity of local robustness certifiers
+# ```{prf:definition} 4 (Monotonicity of local robustness certifiers)
 # :label: def-monotonic
+# :nonumber:
 # A certification method $\mathsf{cert} : \mathbb{R}^d \times \mathbb{R}^+ \to \mathit{bool}$ is
 # *monotonic* if
 #
@@ -66,8 +68,9 @@ DT = torch.float64
 # \|x - x'\|_p = \delta < \epsilon \implies \mathsf{cert}(x', \epsilon - \delta).$$
 # ```
 #
-# ```{prf:definition} Exact local robustness certifier
+# ```{prf:definition} 5 (Exact local robustness certifier)
 # :label: def-exact
+# :nonumber:
 # A certification method is *exact* if
 # $\mathsf{cert}(x, \epsilon) \iff \forall x' \in \mathbb{R}^d.\ \|x - x'\|_p \le \epsilon
 # \Longrightarrow F(x) = F(x')$: certification is equivalent to local robustness.
@@ -75,9 +78,10 @@ DT = torch.float64
 #
 # ## Exact certifiers
 #
-# ```{prf:lemma} Exact certifiers are monotonic
+# ```{prf:lemma} 6 (Exact certifiers are monotonic)
 # :label: lem-exact-monotonic
-# Every exact certification method is monotonic ({prf:ref}`def-monotonic`).
+# :nonumber:
+# Every exact certification method is monotonic ({prf:ref}`Definition 4 <def-monotonic>`).
 # ```
 #
 # ```{prf:proof}
@@ -140,25 +144,34 @@ def lemma6_check(p: float) -> dict:
 
 
 rows6 = [lemma6_check(p) for p in (1.0, 2.0, float("inf"))]
-for row in rows6:
-    print(f"ℓ{row['norm']:g}: {row['premise']} pairs with cert(x, ε) and δ < ε, "
-          f"{row['violations']} violations, {row['tight']} worst-case pairs with r(x') = r(x) − δ")
 assert all(row["violations"] == 0 for row in rows6)
 assert all(row["tight"] > 0 for row in rows6 if row["norm"] == 2.0)
+
+# %% tags=["remove-input"]
 glue("n_pairs", n_pairs, display=False)
 glue("lemma6_checked", sum(row["premise"] for row in rows6), display=False)
 glue("lemma6_violations", sum(row["violations"] for row in rows6), display=False)
+pd.DataFrame(
+    {"pairs drawn": [r["pairs"] for r in rows6],
+     "pairs with cert(x, ε) and δ < ε": [r["premise"] for r in rows6],
+     "violations of Lemma 6": [r["violations"] for r in rows6],
+     "worst-case pairs with r(x') = r(x) − δ": [r["tight"] for r in rows6],
+     "min r(x') − (ε − δ)": [f"{r['slack_min']:.2e}" for r in rows6]},
+    index=pd.Index([f"ℓ{r['norm']:g}" for r in rows6], name="norm"))
 
 # %% [markdown]
 # Over the {glue:text}`lemma6_checked:d` pairs where the premise holds, in the three norms, the
-# conclusion $\mathsf{cert}(x', \epsilon - \delta)$ fails {glue:text}`lemma6_violations:d` times.
+# conclusion $\mathsf{cert}(x', \epsilon - \delta)$ fails {glue:text}`lemma6_violations:d` times
+# (the cell above asserts zero violations, and at least one tight worst-case pair in $\ell_2$;
+# the table gives the counts per norm).
 # In $\ell_2$, moving towards the nearest boundary shrinks the exact radius by exactly $\delta$:
 # the lemma cannot be strengthened.
 #
 # ## Lipschitz-based certifiers
 #
-# ```{prf:definition} Lipschitz-based local robustness certifier
+# ```{prf:definition} 7 (Lipschitz-based local robustness certifier)
 # :label: def-lipschitz-based
+# :nonumber:
 # Given upper bounds $K_{ij}(x, \epsilon)$ on the Lipschitz constant of the margin $f_j - f_i$
 # over the ball $B(x, \epsilon)$, a Lipschitz-based method certifies $x$, with $F(x) = j$, exactly
 # when $\max_{i \ne j} \{ f_i(x) + \epsilon K_{ij}(x, \epsilon)\} \le f_j(x)$. A global
@@ -169,9 +182,10 @@ glue("lemma6_violations", sum(row["violations"] for row in rows6), display=False
 # and its ⊥ logit is the left-hand side. (The library certifies with a *strict* inequality,
 # $y_j > y_\bot$, so that ties are never certified; the proof below is unchanged.)
 #
-# ```{prf:lemma} Lipschitz-based certifiers are monotonic
+# ```{prf:lemma} 8 (Lipschitz-based certifiers are monotonic)
 # :label: lem-lipschitz-monotonic
-# Every Lipschitz-based certification method ({prf:ref}`def-lipschitz-based`) is monotonic.
+# :nonumber:
+# Every Lipschitz-based certification method ({prf:ref}`Definition 7 <def-lipschitz-based>`) is monotonic.
 # ```
 #
 # ```{prf:proof}
@@ -228,9 +242,9 @@ premise = cert_x & (delta < eps)
 violations8 = int((premise & ~cert_x2).sum())
 same_label = bool((j2[premise] == labels[premise]).all())
 _, r2 = gloro.certified_radius(x2)
-print(f"{int(premise.sum())} pairs with cert(x, ε) and δ < ε; {violations8} violations; "
-      f"label kept at every x': {same_label}")
 assert premise.sum() > 0.9 * n and violations8 == 0 and same_label
+
+# %% tags=["remove-input"]
 glue("lemma8_checked", int(premise.sum()), display=False)
 glue("lemma8_violations", violations8, display=False)
 glue("lemma8_min_slack", float((r2 - (r - delta))[premise].min()), display=False)
@@ -241,7 +255,7 @@ glue("lemma8_min_slack", float((r2 - (r - delta))[premise].min()), display=False
 # which is the content of the lemma: the radius of a Lipschitz-based certifier is itself a
 # 1-Lipschitz function of the input. The figure shows it for every pair.
 
-# %% mystnb={"figure": {"caption": "GloRo net: certified radius at x' against the radius at x minus the distance moved. Every point lies on or above the diagonal, so a certificate at \u03b5 for x carries over to x' at \u03b5 \u2212 \u03b4 (Lemma 8). Gradient moves (orange) come closest to the diagonal.", "name": "fig-lemma8"}}
+# %% mystnb={"figure": {"caption": "GloRo net: certified radius at x' against the radius at x minus the distance moved. Every point lies on or above the diagonal, so a certificate at \u03b5 for x carries over to x' at \u03b5 \u2212 \u03b4 (Lemma 8). Gradient moves (orange) come closest to the diagonal.", "name": "fig-lemma8"}, "image": {"alt": "Scatter plot of r(x') against r(x) minus delta for random and gradient moves; every point lies on or above the diagonal line."}}
 fig, ax = plt.subplots(figsize=(5.5, 4.5))
 lhs = (r - delta).cpu().numpy()
 rhs = r2.cpu().numpy()
@@ -263,7 +277,7 @@ plt.show()
 # \lceil \epsilon / h \rceil h$ with grid step $h =$ {glue:text}`grid_step`. It is sound (it
 # certifies only where the exact check does at a larger radius), yet moving $x$ by $\delta$ can
 # round $\epsilon - \delta$ *up* to the same grid value as $\epsilon$, while the radius shrinks by
-# $\delta$. We run the same pairs as for {prf:ref}`lem-exact-monotonic` in $\ell_2$, now choosing
+# $\delta$. We run the same pairs as for {prf:ref}`Lemma 6 <lem-exact-monotonic>` in $\ell_2$, now choosing
 # $\epsilon$ so that $\mathsf{cert}_\text{grid}(x, \epsilon)$ holds.
 
 # %%
@@ -283,8 +297,9 @@ _, r2 = lin.certified_radius(x2)
 premise_g = cert_grid(r, eps, eps_grid_step) & (delta < eps)
 violations_g = int((premise_g & ~cert_grid(r2, eps - delta, eps_grid_step)).sum())
 sound = bool((r[cert_grid(r, eps, eps_grid_step)] > eps[cert_grid(r, eps, eps_grid_step)]).all())
-print(f"grid check: {int(premise_g.sum())} pairs with the premise, {violations_g} violations; sound: {sound}")
 assert sound and violations_g > 0
+
+# %% tags=["remove-input"]
 glue("grid_step", eps_grid_step, display=False)
 glue("grid_premise", int(premise_g.sum()), display=False)
 glue("grid_violations", violations_g, display=False)

@@ -44,6 +44,7 @@ import time
 
 import matplotlib.pyplot as plt
 import numpy as np
+import pandas as pd
 import torch
 from myst_nb import glue
 from scipy.stats import chi2_contingency, norm
@@ -62,13 +63,15 @@ smoothed.n0, smoothed.n, smoothed.alpha = n0, n, alpha
 x_test, y_test = dl.load_mnist("test")
 index = np.arange(0, len(x_test), 20)[:num_images]
 x, y = x_test[index].to(dev), y_test[index].to(dev)
+smoothed
+
+# %% tags=["remove-input"]
 glue("sigma", float(sigma), display=False)
 glue("eps", float(eps), display=False)
 glue("n", n, display=False)
 glue("n0", n0, display=False)
 glue("alpha", alpha, display=False)
 glue("num_images", len(index), display=False)
-smoothed
 
 # %% [markdown]
 # ## The smoothed classifier and its radius
@@ -77,14 +80,16 @@ smoothed
 # noise of standard deviation $\sigma$ = {glue:text}`sigma`. Randomized smoothing answers with the
 # class that $f$ picks most often under that noise.
 #
-# ```{prf:definition} Smoothed classifier
+# ```{prf:definition} (Cohen et al., 2019): Smoothed classifier
 # :label: def-smoothed
+# :nonumber:
 # For a base classifier $f$ and $\sigma > 0$, the smoothed classifier is
 # $g(x) = \arg\max_c \, \Pr_{\zeta \sim \mathcal{N}(0, \sigma^2 I)}[f(x + \zeta) = c]$.
 # ```
 #
-# ```{prf:theorem} Certified radius (Cohen et al., 2019, Theorem 1)
+# ```{prf:theorem} 1 of Cohen et al., 2019 (Certified radius)
 # :label: thm-smoothing-radius
+# :nonumber:
 # If the top class $c_A$ of $g$ at $x$ has probability $p_A \ge \underline{p_A} > \tfrac12$, then
 # $g(x + \delta) = c_A$ for every $\|\delta\|_2 < R = \sigma\,\Phi^{-1}(\underline{p_A})$, with
 # $\Phi^{-1}$ the standard normal quantile function.
@@ -93,8 +98,9 @@ smoothed
 # $g$ has no closed form, so $p_A$ is estimated by sampling. CERTIFY {cite}`cohen2019certified`
 # uses $n_0$ samples to guess $c_A$ and $n$ fresh ones to bound its probability from below:
 #
-# ```{prf:algorithm} CERTIFY
+# ```{prf:algorithm} (Cohen et al., 2019): CERTIFY
 # :label: alg-certify
+# :nonumber:
 # **Inputs** base classifier $f$, noise level $\sigma$, input $x$, sample sizes $n_0, n$, failure probability $\alpha$
 #
 # **Output** a label and a radius, or abstain ($\bot$)
@@ -117,6 +123,8 @@ smoothed
 rmax_factor = norm.ppf(p_A_lower([n], n, alpha)[0])
 rmax_factor_1e5 = norm.ppf(p_A_lower([100_000], 100_000, 0.001)[0])
 assert np.isclose(p_A_lower([n], n, alpha)[0], alpha ** (1 / n))   # the closed form above
+
+# %% tags=["remove-input"]
 glue("rmax_factor", float(rmax_factor), display=False)
 glue("rmax_factor_1e5", float(rmax_factor_1e5), display=False)
 glue("rmax", float(sigma * rmax_factor), display=False)
@@ -132,8 +140,9 @@ glue("rmax", float(sigma * rmax_factor), display=False)
 # its forward pass costs about a quarter of a million multiply-adds, and its first layer is
 # linear, which lets us sample the noise where it is cheapest:
 #
-# ```{prf:lemma} Gaussian push-forward through a linear layer
+# ```{prf:lemma} (this book): Gaussian push-forward through a linear layer
 # :label: lem-pushforward
+# :nonumber:
 # If $f(z) = h(Wz + b)$ with $W \in \mathbb{R}^{k \times d}$ and $\zeta \sim \mathcal{N}(0, \sigma^2 I_d)$,
 # then $W(x + \zeta) + b \sim \mathcal{N}(Wx + b, \sigma^2 W W^\top)$, which is also the law of
 # $Wx + b + \sigma L \xi$ for any $L$ with $L L^\top = W W^\top$ and $\xi \sim \mathcal{N}(0, I_k)$.
@@ -156,7 +165,6 @@ L = noise_factor(W)
 assert torch.allclose(L @ L.T, W @ W.T, rtol=0, atol=1e-8 * (W @ W.T).abs().max().item())
 check = dict(n=20_000, batch_size=smoothed.batch_size)
 x_check = 0.5 * (x_test[0:1] + x_test[40:41]).to(dev)   # halfway between two test digits: the votes split
-glue("check_labels", f"{y_test[0].item()} and a {y_test[40].item()}", display=False)
 votes = {}
 for label, pf, s in [("direct", False, sigma), ("pushforward", True, sigma), ("wrong sigma", True, 1.1 * sigma)]:
     clf = SmoothedClassifier(smoothed.model, 10, s, pushforward=pf, generator=torch.Generator(dev).manual_seed(seed), **check)
@@ -171,12 +179,17 @@ def chi2_p(a, b):
 
 p_same, p_wrong = chi2_p(votes["direct"], votes["pushforward"]), chi2_p(votes["direct"], votes["wrong sigma"])
 assert p_same > 1e-3 and p_wrong < 1e-3
+
+# %% tags=["remove-input"]
+glue("check_labels", f"{y_test[0].item()} and a {y_test[40].item()}", display=False)
 glue("chi2_p", float(p_same), display=False)
 glue("chi2_p_wrong", float(p_wrong), display=False)
 glue("num_params", sum(p.numel() for p in smoothed.model.parameters()), display=False)
 glue("n_total_paper", 100 + 100_000, display=False)
-print({k: v.tolist() for k, v in votes.items()})
-print(f"p(direct vs pushforward) = {p_same:.3f}, p(direct vs 1.1 sigma) = {p_wrong:.1e}")
+votes_table = pd.DataFrame(votes).T
+votes_table.columns.name = "class"
+votes_table["χ² p-value vs direct"] = ["", f"{p_same:.3f}", f"{p_wrong:.1e}"]
+votes_table.rename_axis("sampling")
 
 # %% [markdown]
 # ### The committed models at the paper's setting
@@ -187,7 +200,7 @@ print(f"p(direct vs pushforward) = {p_same:.3f}, p(direct vs 1.1 sigma) = {p_wro
 # $n_0 = 100$, $\alpha = 0.001$ measured on every 20th MNIST test image (500 images) when the models
 # were committed; this page does not recompute it, it reads the stored numbers.
 
-# %%
+# %% tags=["remove-input"]
 radii = ["0.0", "0.25", "0.5", "1.0", "2.0"]
 rows = []
 for s in (0.25, 0.5, 1.0):
@@ -196,9 +209,6 @@ for s in (0.25, 0.5, 1.0):
     rows.append([f"σ = {s}", f"{m['clean_test_accuracy']:.1%}"]
                 + ([f"{ca['radii'][r]:.1%}" for r in radii] if ca else ["(not measured)"] * len(radii))
                 + ([str(ca["num_images"])] if ca else ["0"]))
-print(f"{'model':9} {'clean f':>8} " + " ".join(f"{'r=' + r:>7}" for r in radii) + "  images")
-for r in rows:
-    print(f"{r[0]:9} {r[1]:>8} " + " ".join(f"{v:>7}" for v in r[2:-1]) + f"  {r[-1]:>6}")
 ca_meta = {s: dl.model_metadata(f"mnist_smooth_{s}")["metrics"].get("certified_accuracy") for s in (0.25, 0.5, 1.0)}
 for s, ca in ca_meta.items():
     for r in radii[1:]:
@@ -206,6 +216,8 @@ for s, ca in ca_meta.items():
 glue("train_epochs", meta["training"]["epochs"], display=False)
 glue("cohen_025_025", COHEN_CIFAR10_CERTIFIED_ACCURACY[0.25][0.25], display=False)
 glue("cohen_05_05", COHEN_CIFAR10_CERTIFIED_ACCURACY[0.5][0.5], display=False)
+pd.DataFrame([r[1:] for r in rows], index=pd.Index([r[0] for r in rows], name="model"),
+             columns=["clean accuracy of f"] + [f"certified at r = {r}" for r in radii] + ["images"])
 
 # %% [markdown]
 # The pattern is the familiar one: small $\sigma$ gives the best certified accuracy at small
@@ -226,8 +238,9 @@ glue("cohen_05_05", COHEN_CIFAR10_CERTIFIED_ACCURACY[0.5][0.5], display=False)
 # radius drops below $\epsilon$. Because $g$ is only available through samples, SPGD ascends the
 # loss of the base network averaged over fresh noise at every step:
 #
-# ```{prf:algorithm} SmoothedPgdAttack (SPGD)
+# ```{prf:algorithm} 3.2 (SmoothedPgdAttack)
 # :label: alg-spgd
+# :nonumber:
 # **Inputs** base classifier $f$, loss $\mathcal{L}$, input $x$, radius $\epsilon$, norm $\ell_p$, step $\eta$, steps $N$, samples $n$, noise $\sigma$
 #
 # **Output** an input $x'$ with $\|x' - x\|_p \le \epsilon$
@@ -278,14 +291,11 @@ print(f"certify + two SPGD runs on {len(index)} images: {time.perf_counter() - t
 reports = {a: dl.degradation_report(y, certified, attacked[a], certified_labels_2eps=certified_2eps)
            for a in attacked}
 ub = dl.upper_bound(radius.cpu().numpy(), (labels == y).cpu().numpy(), eps)
-for a, rep in reports.items():
-    print(f"SPGD ({a:7} averaged): VRA {rep.vra}  FPR {rep.false_positive_rate}  "
-          f"utility reduction {rep.utility_reduction}  flipped {rep.flipped}")
-print("VRA at 2 eps:", reports["logits"].vra_2eps)
 upper = float(np.asarray(ub["upper_bound"]).ravel()[0])
-print(f"upper bound on the FPR, 1 - P[r > 2 eps]/P[r > eps] over correct points: {upper:.3f}")
+assert all(rep.flipped.k == 0 for rep in reports.values())  # a degradation attack never changes a certified label
+
+# %% tags=["remove-input"]
 for a, rep in reports.items():
-    assert rep.flipped.k == 0          # a degradation attack never changes a certified label
     glue(f"fpr_{a}", rep.false_positive_rate.value, display=False)
     glue(f"fpr_{a}_lo", rep.false_positive_rate.lo, display=False)
     glue(f"fpr_{a}_hi", rep.false_positive_rate.hi, display=False)
@@ -297,6 +307,14 @@ glue("vra_lo", reports["logits"].vra.lo, display=False)
 glue("vra_hi", reports["logits"].vra.hi, display=False)
 glue("num_R", reports["logits"].vra.k, display=False)
 glue("upper", upper, display=False)
+pd.DataFrame(
+    {"VRA at ε": [str(r.vra) for r in reports.values()],
+     "false-positive rate": [str(r.false_positive_rate) for r in reports.values()],
+     "utility reduction": [str(r.utility_reduction) for r in reports.values()],
+     "certified labels changed": [str(r.flipped) for r in reports.values()],
+     "VRA at 2ε": [str(r.vra_2eps) for r in reports.values()],
+     "upper bound on the FPR": [f"{upper:.1%}"] * len(reports)},
+    index=pd.Index([f"SPGD, {a} averaged" for a in reports], name="attack (95 % Clopper–Pearson intervals)"))
 
 # %% [markdown]
 # The base VRA at $\epsilon$ is {glue:text}`vra:.1%` (95% Clopper–Pearson interval
@@ -317,18 +335,21 @@ glue("upper", upper, display=False)
 # and $\epsilon = 0.5$ for each model (the commands are stored in the models' json files, with the
 # numbers below) gives these false-positive rates for SPGD with averaged logits:
 
-# %%
-print(f"{'model':9} {'VRA':>7} {'FPR [95% CI]':>24} {'utility red.':>13} {'upper bound':>12}")
+# %% tags=["remove-input"]
+paper_rows = {}
 for s in (0.25, 0.5, 1.0):
     d = dl.model_metadata(f"mnist_smooth_{s}")["metrics"].get("spgd_degradation")
     if d is None:
         continue
     r = d["by_averaging"]["logits"]
     f = r["false_positive_rate"]
-    print(f"σ = {s:<5} {r['vra']['value']:>7.1%} {f['value']:>7.1%} [{f['lo']:.1%}, {f['hi']:.1%}] ({f['k']}/{f['n']})"
-          f" {r['utility_reduction']['value']:>8.1%} {d['upper_bound_fpr']:>12.1%}")
+    paper_rows[f"σ = {s}"] = {"VRA at ε": f"{r['vra']['value']:.1%}",
+                             "false-positive rate [95 % CI]": f"{f['value']:.1%} [{f['lo']:.1%}, {f['hi']:.1%}] ({f['k']}/{f['n']})",
+                             "utility reduction": f"{r['utility_reduction']['value']:.1%}",
+                             "upper bound on the FPR": f"{d['upper_bound_fpr']:.1%}"}
     glue(f"paper_fpr_s{s}".replace(".", ""), f["value"], display=False)
     glue(f"paper_ub_s{s}".replace(".", ""), d["upper_bound_fpr"], display=False)
+pd.DataFrame.from_dict(paper_rows, orient="index").rename_axis("model (ε = 0.5, n = 100,000)")
 
 # %% [markdown]
 # The false-positive rate falls as $\sigma$ grows, from {glue:text}`paper_fpr_s025:.1%` at
@@ -343,7 +364,7 @@ for s in (0.25, 0.5, 1.0):
 # paper describes in Section 4.1. With the defaults, $n$ = {glue:text}`n` caps radii at
 # {glue:text}`rmax:.2f`; the paper's $n = 100{,}000$ raises the cap and is one parameter away.
 
-# %% tags=["nbval-ignore-output"] mystnb={"figure": {"caption": "Test digits certified at \u03b5 (top), their SPGD degradation inputs x' at distance at most \u03b5 (middle), and the perturbation x' \u2212 x (bottom, gray = 0). Points the attack got rejected come first. Titles give the certified radius r from a fresh CERTIFY run before and after the attack (0 = CERTIFY abstains).", "name": "fig-spgd-images"}}
+# %% mystnb={"figure": {"caption": "Test digits certified at \u03b5 (top), their SPGD degradation inputs x' at distance at most \u03b5 (middle), and the perturbation x' \u2212 x (bottom, gray = 0). Points the attack got rejected come first. Titles give the certified radius r from a fresh CERTIFY run before and after the attack (0 = CERTIFY abstains).", "name": "fig-spgd-images"}, "image": {"alt": "Three rows of MNIST digits: certified test images, their SPGD attack inputs, and the perturbations between them, with radii in the titles."}} tags=["nbval-ignore-output"]
 # the points the attack got rejected first, then others
 rejected = (attacked["logits"][in_R] == ABSTAIN).cpu()
 order = torch.argsort(rejected.to(torch.int8), descending=True, stable=True)[:num_shown]
@@ -354,7 +375,7 @@ if shown:
     _, r_after = smoothed.certified_radius(x_attack["logits"][order])
     delta = (x_attack["logits"][order] - x_R[order]).cpu()
     scale = max(delta.abs().max().item(), 1e-12)
-    fig, axes = plt.subplots(3, shown, figsize=(2.2 * shown, 6.6), squeeze=False)
+    fig, axes = plt.subplots(3, shown, figsize=(min(7.5, 1.9 * shown), 6.0), squeeze=False)
     for j in range(shown):
         dist = delta[j].flatten().norm().item()
         k = order[j].item()

@@ -38,6 +38,7 @@ import time
 import numpy as np
 import torch
 import matplotlib.pyplot as plt
+import pandas as pd
 from myst_nb import glue
 
 import degradation_lib as dl
@@ -82,16 +83,18 @@ sigma_svd = torch.linalg.matrix_norm(A, ord=2).item()
 saved = first.u.clone()
 sigma_power = dl.gloro.PowerIterationMixin.converge(first, tol=1e-12, max_steps=20000)
 first.u.copy_(saved)
-for layer, s in zip(net.body, norms):
-    print(f"{type(layer).__name__:16s} weight {tuple(layer.weight.shape)}: ||A||_2 = {s:.6f}")
-print(f"first layer: power iteration {sigma_power:.6f}, SVD of the explicit matrix {tuple(A.shape)}: {sigma_svd:.6f}")
-print(f"L_sub = {L_sub.item():.4f}")
 assert abs(norms[0] - sigma_svd) <= 1e-9 * sigma_svd
 assert sigma_power <= sigma_svd * (1 + 1e-12) and sigma_power >= sigma_svd * (1 - 1e-4)
 assert abs(np.prod(norms) - L_sub.item()) <= 1e-6 * L_sub.item()
+
+# %% tags=["remove-input", "nbval-ignore-output"]
 glue("L_sub", L_sub.item(), display=False)
 glue("sigma_power", sigma_power, display=False)
 glue("sigma_svd", sigma_svd, display=False)
+pd.DataFrame(
+    {"weight shape": [str(tuple(layer.weight.shape)) for layer in net.body],
+     "spectral norm ‖A‖₂ (power iteration, converged)": [f"{s:.6f}" for s in norms]},
+    index=pd.Index([f"{i + 1}. {type(layer).__name__}" for i, layer in enumerate(net.body)], name="layer"))
 
 # %% [markdown]
 # Power iteration gives {glue:text}`sigma_power:.6f` for the first layer, the SVD
@@ -108,8 +111,9 @@ glue("sigma_svd", sigma_svd, display=False)
 # $\epsilon$ of $x$ can make class $i$ overtake $j$. GloRo nets fold this test into one extra
 # logit.
 #
-# ```{prf:definition} The ⊥ logit and GloRo certification
+# ```{prf:definition} (Leino et al., 2021): The ⊥ logit and GloRo certification
 # :label: def-gloro-bottom
+# :nonumber:
 # Let $j = \arg\max_i y_i(x)$. The $\bot$ logit at $\epsilon$ is
 # $y_\bot = \max_{i \ne j} \left( y_i + \epsilon K_{ij} \right)$. The GloRo net predicts $j$,
 # certified $(\epsilon, \ell_2)$-locally robust, when $y_j > y_\bot$, and $\bot$ otherwise.
@@ -133,7 +137,7 @@ glue("sigma_svd", sigma_svd, display=False)
 # iterates are converged after every epoch as in the reference code), which is why certification
 # always converges them first. The heat map shows $K$ for `mnist_0.3`; one test image follows.
 
-# %% mystnb={"figure": {"caption": "The constants K_ij = L_sub \u2016w_j \u2212 w_i\u2016\u2082 of the committed mnist_0.3 GloRo net, by pair of digit classes. K_ij bounds how fast the margin y_j \u2212 y_i can change per unit of \u2113\u2082 distance in input space.", "name": "fig-gloro-K"}}
+# %% mystnb={"figure": {"caption": "The constants K_ij = L_sub \u2016w_j \u2212 w_i\u2016\u2082 of the committed mnist_0.3 GloRo net, by pair of digit classes. K_ij bounds how fast the margin y_j \u2212 y_i can change per unit of \u2113\u2082 distance in input space.", "name": "fig-gloro-K"}, "image": {"alt": "Heat map of the 10 by 10 matrix K_ij of the mnist_0.3 GloRo net, digit classes on both axes."}}
 fig, ax = plt.subplots(figsize=(5.5, 4.5))
 im = ax.imshow(K.cpu().numpy(), cmap="viridis")
 ax.set_xlabel("class i")
@@ -150,10 +154,14 @@ y0 = gloro.logits(x0)[0]
 aug = gloro.logits(x0, eps=eps0)[0]
 j0 = int(y0.argmax())
 labels0, radius0 = gloro.certified_radius(x0)
-print("class logits:", np.round(y0.cpu().numpy(), 3))
-print(f"top class j = {j0}, y_j = {y0[j0].item():.3f}, y_⊥ at ε = {eps0}: {aug[-1].item():.3f}")
-print(f"certified radius r(x) = {radius0.item():.3f}; certify(x, ε) = {gloro.certify(x0, eps0).item()}")
 assert (aug[j0] > aug[-1]).item() == (radius0.item() > eps0)
+
+# %% tags=["remove-input"]
+pd.DataFrame([[f"{v:.3f}" for v in aug.cpu().tolist()]],
+             columns=pd.Index([str(i) for i in range(len(y0))] + ["⊥"], name=f"logit (⊥ at ε = {eps0})"),
+             index=["first test image"])
+
+# %% tags=["remove-input"]
 glue("ex_label", j0, display=False)
 glue("ex_yj", y0[j0].item(), display=False)
 glue("ex_ybot", aug[-1].item(), display=False)
@@ -215,8 +223,19 @@ for base in models:
                                                               results[base + "_2eps@eps"]["correct"], eps)["vra_2eps"][0]),
                                         upper_bound=float("nan"))
 
-header = f"{'model':18s} {'trained at':>10s} {'eval ε':>7s} {'clean':>7s} {'VRA':>7s} {'paper VRA':>10s} {'upper bd':>9s} {'paper':>7s} {'epochs':>7s}"
-print(header)
+# The stored metrics were measured the same way after training, on the CPU. On the same device
+# they agree to float precision; on another device (CUDA) its kernels round differently, and a
+# point whose certified radius lies within rounding of ε can change side: allow 3 of 10,000.
+same_device = dev.type == "cpu"
+metric_tol = 1e-6 if same_device else 3e-4
+for base in models:
+    meta = results[base]["meta"]
+    if n_test == 10000:
+        assert abs(meta["metrics"]["clean_accuracy"] - results[base]["clean"]) < metric_tol
+        assert abs(meta["metrics"][f"vra@{meta['eps']}"] - results[base]["vra"]) < metric_tol
+
+# %% tags=["remove-input"]
+table = {}
 for key, res in results.items():
     base = key.split("_2eps")[0]
     trained_2eps = "_2eps" in key
@@ -224,15 +243,15 @@ for key, res in results.items():
     ref_ub = paper.UPPER_BOUNDS_GLORO[base][1 if trained_2eps else 0]
     ub_txt = "" if np.isnan(res["upper_bound"]) else f"{res['upper_bound']:.3f}"
     ref_ub_txt = "" if key.endswith("@2eps") else f"{ref_ub:.3f}"
-    print(f"{res['name']:18s} {res['meta']['training']['train_eps']:10.2f} {res['eps']:7.2f} {res['clean']:7.4f} "
-          f"{res['vra']:7.4f} {ref_vra:>10s} {ub_txt:>9s} {ref_ub_txt:>7s} {epochs_of(res['meta']):7d}")
+    table[(res["name"], f"{res['eps']:.2f}")] = {
+        "trained at ε": f"{res['meta']['training']['train_eps']:.2f}", "clean accuracy": f"{res['clean']:.2%}",
+        "VRA": f"{res['vra']:.2%}", "paper's VRA (Table 1)": f"{float(ref_vra):.1%}" if ref_vra else "",
+        "upper bound on the FPR": f"{float(ub_txt):.3f}" if ub_txt else "", "paper's upper bound": ref_ub_txt,
+        "epochs": epochs_of(res["meta"])}
 
 glue("n_test", int(len(x_test)), display=False)
-for base in models:  # the stored metrics were measured the same way after training
+for base in models:
     meta = results[base]["meta"]
-    if n_test == 10000:
-        assert abs(meta["metrics"]["clean_accuracy"] - results[base]["clean"]) < 1e-6
-        assert abs(meta["metrics"][f"vra@{meta['eps']}"] - results[base]["vra"]) < 1e-6
     glue(f"{base}_clean", results[base]["clean"], display=False)
     glue(f"{base}_vra", results[base]["vra"], display=False)
     glue(f"{base}_paper_vra", paper.TABLE1_GLORO[base]["vra"], display=False)
@@ -249,6 +268,7 @@ for base in models:  # the stored metrics were measured the same way after train
     lags = [1 - e["L_sub_iterates"] / e["L_sub"] for log in logs for e in log if "L_sub_iterates" in e]
     glue(f"{base}_iterate_lag", max(lags) if lags else float("nan"), display=False)
     glue(f"{base}_2eps_train_min", train_minutes(results[base + "_2eps@eps"]["meta"]), display=False)
+pd.DataFrame.from_dict(table, orient="index").rename_axis(["model", "evaluated at ε"])
 
 # %% [markdown]
 # At $\epsilon = 0.3$ the 2C2F model reaches a clean accuracy of {glue:text}`mnist_0.3_clean:.1%`
@@ -277,8 +297,8 @@ for base in models:  # the stored metrics were measured the same way after train
 # $2\epsilon$ are certified but can lose their certificate to a degradation attack; training at
 # $2\epsilon$ moves mass beyond $2\epsilon$.
 
-# %% mystnb={"figure": {"caption": "Certified \u2113\u2082 radii of the correctly classified MNIST test images, for the GloRo nets trained at \u03b5 and at 2\u03b5. Dashed lines: \u03b5 and 2\u03b5. Points with radius between them are certified at \u03b5 but not at 2\u03b5: the upper bound on degradation attacks counts them.", "name": "fig-gloro-radii"}}
-fig, axes = plt.subplots(1, len(models), figsize=(5.5 * len(models), 4), squeeze=False)
+# %% mystnb={"figure": {"caption": "Certified \u2113\u2082 radii of the correctly classified MNIST test images, for the GloRo nets trained at \u03b5 and at 2\u03b5. Dashed lines: \u03b5 and 2\u03b5. Points with radius between them are certified at \u03b5 but not at 2\u03b5: the upper bound on degradation attacks counts them.", "name": "fig-gloro-radii"}, "image": {"alt": "Histograms of certified l2 radii of correct MNIST test images for the models trained at epsilon and at 2 epsilon, with dashed lines at epsilon and 2 epsilon."}}
+fig, axes = plt.subplots(1, len(models), figsize=(min(7.5, 3.75 * len(models)), 3.4), squeeze=False)
 for ax, base in zip(axes[0], models):
     eps = results[base]["eps"]
     for key, label in [(base, f"trained at ε"), (base + "_2eps@eps", "trained at 2ε")]:

@@ -49,6 +49,7 @@ from pathlib import Path
 import foolbox as fb
 import matplotlib.pyplot as plt
 import numpy as np
+import pandas as pd
 import torch
 from IPython.display import Markdown
 from myst_nb import glue
@@ -67,8 +68,9 @@ dev = dl.resolve_device(device)
 # $(\epsilon, \ell_p)$-locally robust at $x'$ (see {ref}`01-definitions`). The degradation attack
 # looks, around a valid input $x$ the defense accepts, for a nearby $x'$ it rejects:
 #
-# ```{prf:algorithm} DegradationAttack (Algorithm 3.1 of the paper)
+# ```{prf:algorithm} 3.1 (DegradationAttack)
 # :label: alg-degradation-attack
+# :nonumber:
 # **Inputs** a model $f$, a valid input $x \in M$, a bound $\epsilon$, a metric $\ell_p$ \
 # **Output** an attack input $x'$ with $\|x' - x\|_p \le \epsilon$
 #
@@ -84,8 +86,9 @@ dev = dl.resolve_device(device)
 # \frac{x''-x}{\|x''-x\|_2}$ (and $x'' = x$ stays $x$); the library also clips to $[0, 1]$,
 # which keeps the distance bound. The reason for the detour through $2\epsilon$:
 #
-# ```{prf:lemma} Projected adversarial examples are rejected
+# ```{prf:lemma} (this book): Projected adversarial examples are rejected
 # :label: lem-projection-rejected
+# :nonumber:
 # Let $f$ be certified $(\epsilon, \ell_p)$-locally robust at $x$ by a *sound* check, and let
 # $x''$ with $\epsilon \le \|x''-x\|_p \le 2\epsilon$ have $f(x'') \ne f(x)$. Then
 # $x' = \mathrm{Project}(x, x'', \epsilon, \ell_p)$ satisfies $\|x'' - x'\|_p \le \epsilon$ (for
@@ -149,9 +152,13 @@ n_of = {}
 for name, cert in certifiers.items():
     arch = dl.model_metadata(name).get("arch")
     n_of[name] = num_images if arch != "4C3F" or num_images_4c3f < 0 else min(num_images, num_images_4c3f)
-    print(f"{name}: {arch}, ε = {eps_of[name]}, L_sub = {cert.lipschitz_constant:.3f}, {n_of[name]} test images")
 x_test, y_test = x_test[:max(n_of.values())].to(dev), y_test[:max(n_of.values())].to(dev)
+
+# %% tags=["remove-input"]
 glue("n_main", n_of[models[0]], display=False)
+Markdown("| model | architecture | ε | Lipschitz constant $L_\\text{sub}$ | test images attacked |\n|---|---|---|---|---|\n"
+         + "\n".join(f"| {name} | {dl.model_metadata(name).get('arch')} | {eps_of[name]} | {cert.lipschitz_constant:.3f} "
+                     f"| {n_of[name]} |" for name, cert in certifiers.items()))
 
 # %% tags=["nbval-ignore-output"]
 results, attacked, timings = {}, {}, {}
@@ -184,7 +191,10 @@ for name, res in results.items():
                      for a in ran}
     union = np.where(np.any([res[a] == ABSTAIN for a in ran], axis=0), ABSTAIN, res["certified"])
     reports[name]["any"] = dl.degradation_report(res["label"], res["certified"], union, res["certified_2eps"])
+num_flipped = sum(rep.flipped.k for reps in reports.values() for rep in reps.values())
+assert num_flipped == 0  # no attack changed a certified label (the certificate guarantees it)
 
+# %% tags=["remove-input"]
 label_of = dict(ATTACK_NAMES, any="any of these attacks")
 pct = lambda r: f"{r.value:.1%} [{r.lo:.1%}, {r.hi:.1%}]"
 rows = ["| model | attack | VRA | FPR | utility reduction | paper: VRA / FPR / utility reduction |",
@@ -196,7 +206,6 @@ for name in results:
         rows.append(f"| {name} (ε = {eps_of[name]}) | {label_of[a]} | {pct(rep.vra)} | {pct(rep.false_positive_rate)} "
                     f"| {pct(rep.utility_reduction)} | {paper} |")
 table = "\n".join(rows)
-print(table)
 glue("table1", Markdown(table), display=False)
 
 # %% [markdown]
@@ -220,7 +229,7 @@ glue("table1", Markdown(table), display=False)
 # points of $test_R$ whose attacked label is another class is {glue:text}`num_flipped`, as
 # local robustness at $x$ guarantees.
 
-# %%
+# %% tags=["remove-input"]
 main = models[0]
 r0 = reports[main]
 glue("fpr_03", r0["alg31"].false_positive_rate.value, display=False)
@@ -234,8 +243,6 @@ glue("paper_fpr_03", TABLE1_GLORO[main]["fpr"], display=False)
 glue("paper_ur_03", TABLE1_GLORO[main]["utility_reduction"], display=False)
 glue("paper_vra_03", TABLE1_GLORO[main]["vra"], display=False)
 glue("epochs_03", dl.model_metadata(main).get("training", {}).get("epochs"), display=False)
-num_flipped = sum(rep.flipped.k for reps in reports.values() for rep in reps.values())
-assert num_flipped == 0
 glue("num_flipped", num_flipped, display=False)
 
 # %% [markdown]
@@ -245,10 +252,10 @@ glue("num_flipped", num_flipped, display=False)
 # point certified at $\epsilon$, no input of the $\epsilon$-ball has another label, so
 # $\epsilon$-PGD's cross-entropy objective cannot be met: it only lowers the margin of the top
 # class. Algorithm 3.1 searches the $2\epsilon$-ball, where other labels may exist; when PGD finds
-# one, {prf:ref}`lem-projection-rejected` says its projection is rejected by any sound check. The
+# one, {prf:ref}`the book's lemma <lem-projection-rejected>` says its projection is rejected by any sound check. The
 # table counts, among the points of $test_R$, which algorithm succeeds.
 
-# %%
+# %% tags=["remove-input"]
 rows = ["| model | both | only Algorithm 3.1 | only ε-PGD | neither |", "|---|---|---|---|---|"]
 for name, res in results.items():
     R = dl.metrics.test_R(torch.as_tensor(res["label"]), torch.as_tensor(res["certified"])).numpy()
@@ -260,21 +267,21 @@ for name, res in results.items():
         glue("both_03", counts[0], display=False)
         glue("only_alg31_03", counts[1], display=False)
         glue("only_eps_03", counts[2], display=False)
-print("\n".join(rows))
+Markdown("\n".join(rows))
 
 # %% [markdown]
 # On the $\epsilon = 0.3$ model, {glue:text}`both_03` points fall to both algorithms,
 # {glue:text}`only_alg31_03` only to Algorithm 3.1 and {glue:text}`only_eps_03` only to
 # $\epsilon$-PGD. The paper (Appendix B.1, Table 3) also finds the two similarly effective.
 #
-# The next cell checks {prf:ref}`lem-projection-rejected` on the first `lemma_images` test images
+# The next cell checks {prf:ref}`the book's lemma <lem-projection-rejected>` on the first `lemma_images` test images
 # of each model, with a PGD at $2\epsilon$ on the margin loss (the label-flipping objective): for
 # every point, the projection $x'$ is within $\epsilon$ of $x''$ whenever $\|x''-x\| \ge \epsilon$;
 # and wherever $x''$ has another label, $x'$ is rejected and keeps the label of $x$.
 
 # %%
 lemma_images = 40
-lemma_rows = ["| model | certified points | x'' with another label | their projections rejected |", "|---|---|---|---|"]
+lemma_counts = {}
 for name, cert in certifiers.items():
     eps = eps_of[name]
     xb = x_test[:min(lemma_images, n_of[name])]
@@ -288,9 +295,11 @@ for name, cert in certifiers.items():
     flips = (c_x != ABSTAIN) & (cert.predict(x2) != c_x)
     c_xp = cert.certify(xp, eps)
     assert (c_xp[flips] == ABSTAIN).all() and (cert.predict(xp)[flips] == c_x[flips]).all()
-    lemma_rows.append(f"| {name} | {int((c_x != ABSTAIN).sum())} | {int(flips.sum())} "
-                      f"| {int((c_xp[flips] == ABSTAIN).sum())} |")
-print("\n".join(lemma_rows))
+    lemma_counts[name] = {"certified points": int((c_x != ABSTAIN).sum()), "x'' with another label": int(flips.sum()),
+                          "their projections rejected": int((c_xp[flips] == ABSTAIN).sum())}
+
+# %% tags=["remove-input"]
+pd.DataFrame.from_dict(lemma_counts, orient="index").rename_axis(f"model (first {lemma_images} test images)")
 
 # %% [markdown]
 # Algorithm 3.1 also succeeds on many points where $x''$ does *not* change the label: GloRo's
@@ -298,7 +307,7 @@ print("\n".join(lemma_rows))
 # lowering the margin is enough for a rejection.
 
 # %% [markdown]
-# ## Figure 4: rejected inputs that are not adversarial
+# ## The paper's Figure 4: rejected inputs that are not adversarial
 #
 # Pairs of a test image that the defense certifies and its Algorithm 3.1 counterpart, which the
 # defense rejects. The attacked image is within $\epsilon$ of the original in $\ell_2$. At
@@ -306,14 +315,14 @@ print("\n".join(lemma_rows))
 # $\epsilon = 1.58$, a large radius for MNIST, faint noise around the digit is visible, yet the
 # digit is unchanged for a human reader as for the model.
 
-# %% mystnb={"figure": {"caption": "Successful degradation attacks (Algorithm 3.1) on the GloRo MNIST models. In each pair, left: a test image the defense certifies at \u03b5, with its label; right: the attack input x\u2032 (\u2016x\u2032 \u2212 x\u2016\u2082 \u2264 \u03b5), which the defense rejects (\u22a5) although the model still assigns it the same, correct label.", "name": "fig-degradation-pairs"}}
-fig, axes = plt.subplots(len(results), 2 * num_pairs, figsize=(1.6 * 2 * num_pairs, 2.0 * len(results)),
+# %% mystnb={"figure": {"caption": "The paper's Figure 4 (CIFAR-10 there), on the GloRo MNIST models: successful degradation attacks (Algorithm 3.1). In each column, top: a test image the defense certifies at \u03b5, with its label; below it: the attack input x\u2032 (\u2016x\u2032 \u2212 x\u2016\u2082 \u2264 \u03b5), which the defense rejects (\u22a5) although the model still assigns it the same, correct label.", "name": "fig-degradation-pairs"}, "image": {"alt": "Grid of MNIST digits: for each model, a row of certified test images above a row of their attacked versions, which look the same and are rejected."}}
+fig, axes = plt.subplots(2 * len(results), num_pairs, figsize=(min(7.5, 1.25 * num_pairs), 2.9 * len(results)),
                          squeeze=False)
 for row, (name, res) in enumerate(results.items()):
     R = dl.metrics.test_R(torch.as_tensor(res["label"]), torch.as_tensor(res["certified"])).numpy()
     chosen = np.flatnonzero(R & (res["alg31"] == ABSTAIN))[:num_pairs]
     for k in range(num_pairs):
-        ax_o, ax_a = axes[row, 2 * k], axes[row, 2 * k + 1]
+        ax_o, ax_a = axes[2 * row, k], axes[2 * row + 1, k]
         for ax in (ax_o, ax_a):
             ax.set_xticks([])
             ax.set_yticks([])
@@ -327,14 +336,15 @@ for row, (name, res) in enumerate(results.items()):
         ax_o.set_title(f"x: label {res['certified'][i]}", fontsize=8)
         ax_a.set_title(f"x′: ⊥ (f = {res['alg31_pred'][i]})", fontsize=8)
         ax_a.set_xlabel(f"‖δ‖₂={res['alg31_dist'][i]:.2f}", fontsize=8)
-    axes[row, 0].set_ylabel(f"{name}\nε = {eps_of[name]}", fontsize=9)
+    axes[2 * row, 0].set_ylabel(f"{name}, ε = {eps_of[name]}\nx (certified)", fontsize=8)
+    axes[2 * row + 1, 0].set_ylabel("x′ (rejected)", fontsize=8)
 fig.tight_layout()
 plt.show()
 
 # %% [markdown]
 # ## Why $x'$ is not an adversarial example
 #
-# An adversarial example (see {prf:ref}`def-adversarial`) is an input near a valid input on
+# An adversarial example (see {prf:ref}`Definition 1 <def-adversarial>`) is an input near a valid input on
 # which the model's label is *wrong*. Every $x'$ above lies within $\epsilon$ of a test image $x$
 # that is correctly classified and certified $(\epsilon, \ell_2)$-locally robust; by the
 # definition of local robustness, $f(x') = f(x)$, the correct label -- the labels in brackets
@@ -355,7 +365,7 @@ plt.show()
 # $\epsilon$ when $r > \epsilon$). The radii come from the same certification pass as above; the
 # curve evaluates the bound over a grid of radii.
 
-# %% mystnb={"figure": {"caption": "Upper bound on the false-positive rate from certified radii (lines, shaded: 95 % Clopper\u2013Pearson interval) and the false-positive rates reached by Algorithm 3.1 and by the union of our attacks (markers) at the models' \u03b5. Crosses: the upper bounds the paper computed from its authors' per-point radii.", "name": "fig-degradation-upper-bound"}}
+# %% mystnb={"figure": {"caption": "Upper bound on the false-positive rate from certified radii (lines, shaded: 95 % Clopper\u2013Pearson interval) and the false-positive rates reached by Algorithm 3.1 and by the union of our attacks (markers) at the models' \u03b5. Crosses: the upper bounds the paper computed from its authors' per-point radii.", "name": "fig-degradation-upper-bound"}, "image": {"alt": "Upper bound on the false-positive rate against epsilon for the two GloRo models, with markers for the rates reached by Algorithm 3.1 and by any attack, and crosses for the paper's bounds."}}
 fig, ax = plt.subplots(figsize=(6.5, 4))
 bounds = {}
 for (name, res), color in zip(results.items(), ["tab:blue", "tab:orange"]):
@@ -380,6 +390,11 @@ fig.tight_layout()
 plt.show()
 
 # %%
+for name in results:  # no attack may exceed the upper bound (its 95 % interval) where it is defined
+    if bounds[name]["n_eps"][0] > 0:
+        assert reports[name]["any"].false_positive_rate.value <= bounds[name]["hi"][0] + 1e-12
+
+# %% tags=["remove-input"]
 rows = ["| model | upper bound at ε | paper's upper bound | Algorithm 3.1 / bound | any attack / bound |", "|---|---|---|---|---|"]
 for name in results:
     b = bounds[name]
@@ -387,15 +402,13 @@ for name in results:
     share_any = reports[name]["any"].false_positive_rate.value / b["upper_bound"][0]
     rows.append(f"| {name} | {b['upper_bound'][0]:.1%} [{b['lo'][0]:.1%}, {b['hi'][0]:.1%}] "
                 f"| {UPPER_BOUNDS_GLORO[name][0]:.1%} | {share:.2f} | {share_any:.2f} |")
-    if b["n_eps"][0] > 0:   # no certified point, no bound
-        assert reports[name]["any"].false_positive_rate.value <= b["hi"][0] + 1e-12
-print("\n".join(rows))
 glue("ub_03", float(bounds[main]["upper_bound"][0]), display=False)
 glue("paper_ub_03", UPPER_BOUNDS_GLORO[main][0], display=False)
 glue("share_03", float(reports[main]["alg31"].false_positive_rate.value / bounds[main]["upper_bound"][0]), display=False)
 glue("share_any_03", float(reports[main]["any"].false_positive_rate.value / bounds[main]["upper_bound"][0]), display=False)
 glue("paper_share_lo", ATTACK_SHARE_OF_UPPER_BOUND[0], display=False)
 glue("paper_share_hi", ATTACK_SHARE_OF_UPPER_BOUND[1], display=False)
+Markdown("\n".join(rows))
 
 # %% [markdown]
 # At $\epsilon = 0.3$ the bound from our radii is {glue:text}`ub_03:.1%` (paper:

@@ -42,6 +42,7 @@ import functools
 import math
 
 import numpy as np
+import pandas as pd
 import torch
 import matplotlib.pyplot as plt
 from myst_nb import glue
@@ -66,8 +67,9 @@ dev = dl.resolve_device(device)
 # domain, $B_\infty(x, \epsilon) \cap [0, 1]^d$: the certificate is Definition 2 restricted to
 # the valid pixel range.
 #
-# ```{prf:definition} Interval bounds and the Wong–Kolter relaxation
+# ```{prf:definition} (Gowal et al., 2018; Wong and Kolter, 2018): Interval bounds and the Wong–Kolter relaxation
 # :label: def-kw-relaxation
+# :nonumber:
 # Let $l \le z \le u$ bound a pre-activation. *Interval bound propagation* (IBP)
 # {cite}`gowal2018effectiveness` bounds $\mathrm{relu}(z)$ by $[\mathrm{relu}(l), \mathrm{relu}(u)]$
 # and an affine layer $Wz + b$ by centre $Wc + b$ and radius $|W|r$ of the box $(c, r)$.
@@ -83,8 +85,9 @@ dev = dl.resolve_device(device)
 # layer by layer.
 # ```
 #
-# ```{prf:lemma} Soundness of the relaxation
+# ```{prf:lemma} (Wong and Kolter, 2018): Soundness of the relaxation
 # :label: lem-kw-sound
+# :nonumber:
 # For $l < 0 < u$ and $s = u/(u-l)$: $s z \le \mathrm{relu}(z) \le s (z - l)$ for all
 # $z \in [l, u]$, and the upper line meets the ReLU at both ends, $z = l$ and $z = u$.
 # ```
@@ -101,7 +104,7 @@ for lo_, hi_ in [(-3.0, 2.0), (-0.5, 0.5), (-1.0, 1e-3)]:
     assert (s * zz <= zz.relu() + 1e-15).all() and (zz.relu() <= s * (zz - lo_) + 1e-15).all()
     assert abs(s * (lo_ - lo_)) < 1e-15 and abs(s * (hi_ - lo_) - hi_) < 1e-12
 
-# %% tags=["remove-input"] mystnb={"figure": {"caption": "The Wong\u2013Kolter relaxation of an unstable ReLU with bounds l = \u22121, u = 2: the lower line s\u00b7z and the upper line s\u00b7(z \u2212 l) share the slope s = u/(u \u2212 l) = 2/3. Interval bounds keep only the box [0, 2] for the output.", "name": "fig-kw-relaxation"}}
+# %% tags=["remove-input"] mystnb={"figure": {"caption": "The Wong\u2013Kolter relaxation of an unstable ReLU with bounds l = \u22121, u = 2: the lower line s\u00b7z and the upper line s\u00b7(z \u2212 l) share the slope s = u/(u \u2212 l) = 2/3. Interval bounds keep only the box [0, 2] for the output.", "name": "fig-kw-relaxation"}, "image": {"alt": "The ReLU on [-1, 2] with the Wong-Kolter relaxation: a shaded band between the lower line s z and the upper line s (z - l), and the interval box [0, 2]."}}
 l_, u_ = -1.0, 2.0
 s_ = u_ / (u_ - l_)
 zs = np.linspace(l_, u_, 200)
@@ -157,14 +160,20 @@ for method in ("ibp", "kw", "kw_ibp"):
     toy[method] = (lb.item(), ub.item())
     r = LinfCertifier(net, method=method, tol=1e-6).certified_radius(x_toy)[1].item()
     toy[method + "_radius"] = r
-    glue(f"toy_{method}_lb", lb.item(), display=False)
-    glue(f"toy_{method}_ub", ub.item(), display=False)
-    glue(f"toy_{method}_radius", r, display=False)
 hand = {"ibp": (-0.2, 0.8), "kw": (0.05, 1.05), "kw_ibp": (0.05, 0.8)}
 for method, (l_h, u_h) in hand.items():
     assert abs(toy[method][0] - l_h) < 1e-12 and abs(toy[method][1] - u_h) < 1e-12
 assert 0.2 - 1e-6 <= toy["ibp_radius"] <= 0.2 and 4 / 15 - 1e-6 <= toy["kw_ibp_radius"] <= 4 / 15
-print({k: round(v, 4) if isinstance(v, float) else tuple(round(t, 4) for t in v) for k, v in toy.items()})
+
+# %% tags=["remove-input"]
+for method in ("ibp", "kw", "kw_ibp"):
+    glue(f"toy_{method}_lb", toy[method][0], display=False)
+    glue(f"toy_{method}_ub", toy[method][1], display=False)
+    glue(f"toy_{method}_radius", toy[method + "_radius"], display=False)
+pd.DataFrame({"margin bound at ε = ¼": [f"[{toy[m][0]:.4f}, {toy[m][1]:.4f}]" for m in hand],
+              "by hand": [f"[{hand[m][0]}, {hand[m][1]}]" for m in hand],
+              "certified radius (bisection)": [f"{toy[m + '_radius']:.4f}" for m in hand]},
+             index=pd.Index(["IBP", "KW", "KW ∩ IBP"], name="bound"))
 
 # %% [markdown]
 # Margin bounds at $\epsilon = ¼$: IBP $[${glue:text}`toy_ibp_lb:.2f`, {glue:text}`toy_ibp_ub:.2f`$]$,
@@ -196,10 +205,14 @@ meta = model_metadata(model_name)
 certifier = load_model(model_name, device=dev)
 certifier.tol = tol
 certifier.batch_size = batch_size
-print(meta["training"]["command"])
-print({k: meta["training"][k] for k in ("epochs", "eps_train", "loss", "wall_time_s") if k in meta["training"]})
+
+# %% tags=["remove-input"]
 glue("train_eps", meta["training"]["eps_train"], display=False)
 glue("train_epochs", meta["training"]["epochs"], display=False)
+pd.DataFrame({"value": [str(meta["training"][k]) for k in ("command", "epochs", "eps_train", "loss", "wall_time_s")
+                        if k in meta["training"]]},
+             index=pd.Index([k for k in ("command", "epochs", "eps_train", "loss", "wall_time_s") if k in meta["training"]],
+                            name="training record"))
 
 # %% [markdown]
 # It was trained at $\epsilon_{\text{train}} =$ {glue:text}`train_eps:.2f` for
@@ -217,8 +230,8 @@ c_kw = LinfCertifier(certifier.model, method="kw", batch_size=batch_size).certif
 vra_by_method = {"ibp": dl.rate(c_ibp == y_test), "kw_ibp": dl.rate(certified == y_test),
                  "kw": dl.rate(c_kw == y_test[:n_kw]), "kw_ibp_first": dl.rate(certified[:n_kw] == y_test[:n_kw])}
 assert ((c_ibp == y_test) <= (certified == y_test)).all()   # never looser than IBP
-for name, r in vra_by_method.items():
-    print(f"{name:13s} VRA at eps={eps}: {r}")
+
+# %% tags=["remove-input"]
 glue("n_kw", n_kw, display=False)
 glue("vra_kw_ibp_first", vra_by_method["kw_ibp_first"].value, display=False)
 glue("n_test", n_test, display=False)
@@ -229,6 +242,9 @@ glue("vra_kw_ibp", vra_by_method["kw_ibp"].value, display=False)
 glue("paper_vra", APPENDIX_C_KW["vra"], display=False)
 glue("eps", eps, display=False)
 glue("eps2", 2 * eps, display=False)
+pd.DataFrame({"VRA at ε [95 % CI] (images)": [str(r) for r in vra_by_method.values()]},
+             index=pd.Index(["IBP", "KW ∩ IBP", f"KW (first {n_kw} images)", f"KW ∩ IBP (first {n_kw} images)"],
+                            name="bound"))
 
 # %% [markdown]
 # On the first {glue:text}`n_test:d` test images the clean accuracy is
@@ -251,11 +267,13 @@ glue("eps2", 2 * eps, display=False)
 # %%
 radius_certifier = LinfCertifier(certifier.model, method=radius_method, tol=tol, batch_size=batch_size)
 labels_r, radius = radius_certifier.certified_radius(x_test)
-glue("radius_method", {"kw_ibp": "KW ∩ IBP", "ibp": "IBP", "kw": "KW"}[radius_method], display=False)
 radius = radius.cpu()
 correct_r = (labels_r == y_test).cpu()
 ub = upper_bound(radius, correct_r, eps)
 mismatch = int(((certified != ABSTAIN).cpu() != (radius > eps)).sum())
+
+# %% tags=["remove-input"]
+glue("radius_method", {"kw_ibp": "KW ∩ IBP", "ibp": "IBP", "kw": "KW"}[radius_method], display=False)
 glue("ub", float(ub["upper_bound"][0]), display=False)
 glue("ub_lo", float(ub["lo"][0]), display=False)
 glue("ub_hi", float(ub["hi"][0]), display=False)
@@ -263,10 +281,8 @@ glue("vra_2eps", float(ub["vra_2eps"][0]), display=False)
 glue("paper_ub", APPENDIX_C_KW["upper_bound"], display=False)
 glue("mismatch", mismatch, display=False)
 glue("median_radius", float(radius[correct_r].median()), display=False)
-print(f"upper bound {ub['upper_bound'][0]:.3f} [{ub['lo'][0]:.3f}, {ub['hi'][0]:.3f}], "
-      f"VRA at 2eps {ub['vra_2eps'][0]:.3f}, certify/radius disagreements: {mismatch}")
 
-# %% tags=["remove-input"] mystnb={"figure": {"caption": "Certified \u2113\u221e radii (bisection on \u03b5) of the correctly classified test images. The dashed lines mark \u03b5 and 2\u03b5: points between them are certified at \u03b5 but not at 2\u03b5, the room the degradation attack has.", "name": "fig-linf-radii"}}
+# %% tags=["remove-input"] mystnb={"figure": {"caption": "Certified \u2113\u221e radii (bisection on \u03b5) of the correctly classified test images. The dashed lines mark \u03b5 and 2\u03b5: points between them are certified at \u03b5 but not at 2\u03b5, the room the degradation attack has.", "name": "fig-linf-radii"}, "image": {"alt": "Histogram of certified l-infinity radii of the correct test images, with dashed lines at epsilon and 2 epsilon."}}
 fig, ax = plt.subplots(figsize=(6, 3.2))
 ax.hist(radius[correct_r].numpy(), bins=np.linspace(0, max(2.5 * eps, float(radius.max()) + 1e-3), 50),
         color="tab:blue", alpha=0.8)
@@ -301,12 +317,13 @@ assert (x_adv - x_test).abs().max() <= eps + 1e-6 and x_adv.min() >= 0 and x_adv
 attacked = certifier.certify(x_adv, eps)
 report = degradation_report(y_test.cpu(), certified.cpu(), attacked.cpu())
 assert report.flipped.k == 0
+
+# %% tags=["remove-input"]
 for name in ("vra", "false_positive_rate", "utility_reduction"):
     r = getattr(report, name)
     glue(name, r.value, display=False)
     glue(name + "_lo", r.lo, display=False)
     glue(name + "_hi", r.hi, display=False)
-    print(f"{name:20s} {r}")
 glue("paper_success", APPENDIX_C_KW["attack_success"], display=False)
 glue("attack_steps", attack_steps, display=False)
 
@@ -321,6 +338,9 @@ glue("attack_steps", attack_steps, display=False)
 # {glue:text}`ub:.1%`. As for the ℓ2 defenses, a model certified at $\epsilon$ but hardly ever
 # at $2\epsilon$ leaves almost every certified point open to a degradation attack; training at
 # $2\epsilon$ (Section 4.1) is the remedy the paper proposes.
+#
+# Against the paper's Table 4 (lower bounds: what Algorithm 3.1 achieves against KW) and Table 5
+# (upper bounds: what any attack could achieve):
 #
 # | | VRA at ε | attack success (FPR) | upper bound |
 # |---|---|---|---|
