@@ -316,7 +316,7 @@ pd.DataFrame.from_dict(lemma_counts, orient="index").rename_axis(f"model (first 
 # digit is unchanged for a human reader as for the model.
 
 # %% mystnb={"figure": {"caption": "The paper's Figure 4 (CIFAR-10 there), on the GloRo MNIST models: successful degradation attacks (Algorithm 3.1). In each column, top: a test image the defense certifies at \u03b5, with its label; below it: the attack input x\u2032 (\u2016x\u2032 \u2212 x\u2016\u2082 \u2264 \u03b5), which the defense rejects (\u22a5) although the model still assigns it the same, correct label.", "name": "fig-degradation-pairs"}, "image": {"alt": "Grid of MNIST digits: for each model, a row of certified test images above a row of their attacked versions, which look the same and are rejected."}}
-fig, axes = plt.subplots(2 * len(results), num_pairs, figsize=(min(7.5, 1.25 * num_pairs), 2.9 * len(results)),
+fig, axes = plt.subplots(2 * len(results), num_pairs, figsize=(min(7.5, 1.25 * num_pairs), 3.4 * len(results)),
                          squeeze=False)
 for row, (name, res) in enumerate(results.items()):
     R = dl.metrics.test_R(torch.as_tensor(res["label"]), torch.as_tensor(res["certified"])).numpy()
@@ -338,7 +338,7 @@ for row, (name, res) in enumerate(results.items()):
         ax_a.set_xlabel(f"‖δ‖₂={res['alg31_dist'][i]:.2f}", fontsize=8)
     axes[2 * row, 0].set_ylabel(f"{name}, ε = {eps_of[name]}\nx (certified)", fontsize=8)
     axes[2 * row + 1, 0].set_ylabel("x′ (rejected)", fontsize=8)
-fig.tight_layout()
+fig.tight_layout(h_pad=1.5)
 plt.show()
 
 # %% [markdown]
