@@ -407,9 +407,15 @@ def compare_with_published(certifier: GloroCertifier, published: str, eps_list=(
     * per ε: ``vra@ε`` (ours), ``vra_published@ε``, ``vra_count_diff@ε`` (ours − published, in
       points), ``flips@ε`` (matched points certified by one side only) and ``borderline@ε``:
       correct published points with r_pub between ε·min(1, c) and ε·max(1, c) over the batch
-      ratios c — the only points a Lipschitz-constant difference can move across ε.
+      ratios c — the only points a Lipschitz-constant difference can move across ε;
+      ``upper_bound@ε`` and ``upper_bound_published@ε``: 1 − P[r > 2ε]/P[r > ε] over correct
+      points (Section 4.1), ours and from the published radii.
+
+    The few points with a residual above 1e-4 have tiny radii (≈1e-3 or less): their margin is a
+    difference of two nearly equal float32 logits, so its relative rounding error is large.
     """
     from .data import load_mnist
+    from .metrics import upper_bound
     from .published import gloro_radii
 
     if x is None or y is None:
@@ -455,6 +461,10 @@ def compare_with_published(certifier: GloroCertifier, published: str, eps_list=(
         out[f"borderline@{e}"] = int((pub_correct & (pub["radius"] >= c_lo * e) & (pub["radius"] <= c_hi * e)).sum())
         if out["confusion_equal"]:
             out[f"flips@{e}"] = int(((radius > e) != (r_pub > e))[correct].sum())
+        # Section 4.1's upper bound on the false-positive rate, 1 − P[r > 2ε]/P[r > ε] (correct points)
+        ours_ub = upper_bound(radius, correct, e)["upper_bound"][0]
+        pub_ub = upper_bound(pub["radius"], pub_correct, e)["upper_bound"][0]
+        out[f"upper_bound@{e}"], out[f"upper_bound_published@{e}"] = float(ours_ub), float(pub_ub)
     return out
 
 

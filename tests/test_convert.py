@@ -310,4 +310,7 @@ def test_committed_conversion_agrees_with_published_radii(name, mnist_test):
         assert abs(out[f"vra_count_diff@{e}"]) <= out[f"flips@{e}"]
         # what the json records is what load_model certifies
         assert meta["metrics"][f"vra_radius@{e}"] == pytest.approx(out[f"vra@{e}"], abs=1e-6)
+    # Section 4.1's upper bound 1 − A/B (A = #r > 2ε, B = #r > ε): |Δ(A/B)| ≤ (ΔA + ΔB) / min B
+    b = min(out["vra@0.3"], out["vra_published@0.3"]) * 10000
+    assert abs(out["upper_bound@0.3"] - out["upper_bound_published@0.3"]) <= (out["flips@0.3"] + out["flips@0.6"]) / b + 1e-12
     assert meta["metrics"]["clean_accuracy"] == pytest.approx(np.trace(out["confusion_ours"]) / 10000, abs=1e-6)
