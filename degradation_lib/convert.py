@@ -37,8 +37,9 @@ Permutations of channels and units leave every spectral norm unchanged, so the c
 the same Lipschitz bound L_sub as the original; our certifier uses proven upper bounds on the
 layer norms (``degradation_lib.spectral``), while the authors' radii were computed with power
 iteration (a lower estimate) still converging while their rows were written: their radii are
-0.5–0.6 % larger in the first batch and ≈ 0.01 % larger in the last (see
-:func:`compare_with_published`).
+0.5–0.7 % larger in the first batch and ≈ 0.02 % larger in the last (see
+:func:`compare_with_published`). The sound certificate also lowers every margin by a proven bound
+on the forward pass's rounding error (1–2e-3 in radius units on these models).
 
 Command (writes ``degradation_lib/checkpoints/NAME.{pt,json}`` for both models, measuring clean
 accuracy and VRA at ε and 2ε on the 10,000 MNIST test images)::
@@ -563,7 +564,8 @@ def write_checkpoint(name: str, out_dir=None, threads: int = 1) -> dict:
     meta["published_comparison"] = cmp
     meta["notes"] = (f"Converted from the authors' released Keras model {info['published']} "
                      f"(MIT licence, degradation_lib/published/LICENSE) with degradation_lib.convert; metrics "
-                     "measured with our certifier (proven upper bounds on every layer's spectral norm, sound_norms) "
+                     "measured with our sound certifier (proven upper bounds on every layer's spectral norm, sound_norms; "
+                     "margins lowered by a proven bound on the forward rounding error) "
                      "on the 10,000 MNIST test images. published_comparison: against the authors' per-point radii "
                      "(degradation_lib.published.gloro_radii), rows matched to test images by "
                      "degradation_lib.convert.match_published_rows (rank of radius within each (label, prediction) "
