@@ -530,6 +530,9 @@ class GloroCertifier(Certifier):
         model: the network (float32 or float64 weights).
         tol: kept for compatibility (the former power-iteration tolerance); not used.
         unit_range: require inputs in [0, 1].
+        forward_dtype: dtype of the convolutions in the certifying forward pass; None (default)
+            uses the model's. ``torch.float64`` makes the rounding term negligible (radii tighter
+            by up to ~1e-2 on the 4C3F nets) at ~3.5× the cost of a float32 pass on a CPU.
 
     Soundness (issue 13). The certified radius is a lower bound on the true one of the network
     evaluated in exact arithmetic, on either device:
@@ -553,9 +556,13 @@ class GloroCertifier(Certifier):
 
     norm = 2.0
 
-    def __init__(self, model: GloroNet, tol: float = 1e-9, unit_range: bool = True):
+    def __init__(self, model: GloroNet, tol: float = 1e-9, unit_range: bool = True,
+                 forward_dtype: torch.dtype | None = None):
         if not isinstance(model, GloroNet):
             raise ValueError(f"model must be a GloroNet, got {type(model).__name__}")
+        if forward_dtype not in (None, torch.float32, torch.float64):
+            raise ValueError(f"forward_dtype must be None, torch.float32 or torch.float64, got {forward_dtype!r}")
+        self.forward_dtype = forward_dtype
         self.model = model
         self.tol = float(tol)
         self.unit_range = unit_range
@@ -661,7 +668,8 @@ class GloroCertifier(Certifier):
         p = next(model.parameters())
         if p.dtype not in (torch.float32, torch.float64):
             raise ValueError(f"the model must be float32 or float64 to certify, got {p.dtype}")
-        h = x.to(device=p.device, dtype=p.dtype)
+        cdt = self.forward_dtype or p.dtype
+        h = x.to(device=p.device, dtype=cdt)
         e = torch.zeros(h.shape[0], dtype=torch.float64, device=p.device)
 
         def gam(k, dtype):  # γ_k for the unit roundoff of ``dtype``
@@ -677,7 +685,8 @@ class GloroCertifier(Certifier):
                     h = h.flatten(1).double()
                     z = F.linear(h, layer.weight.double(), None if layer.bias is None else layer.bias.double())
                 else:
-                    z = layer(h)
+                    z = F.conv2d(h, layer.weight.to(cdt), None if layer.bias is None else layer.bias.to(cdt),
+                                 layer.stride, layer.padding)
                 e = c["sigma"] * e + gam(c["k"], h.dtype) * (c["alpha"] * norm_up(h) + c["beta"])
                 h = model.activation(z)
             h = h.flatten(1).double()
@@ -703,8 +712,9 @@ class GloroCertifier(Certifier):
         ratio = torch.where(Kj > 0, margin / Kj.clamp_min(torch.finfo(torch.float64).tiny),
                             torch.where(margin > 0, torch.full_like(margin, math.inf), torch.zeros_like(margin)))
         radius = ratio.masked_fill(top, math.inf).min(dim=1).values * (1 - 4 * spectral.U64)
-        if x.dtype != p.dtype:  # the certificate is about the rounded input; move it back to x
-            shift = torch.linalg.vector_norm((x.double() - x.to(p.dtype).double()).flatten(1), dim=1)
+        cdt = self.forward_dtype or p.dtype
+        if x.dtype != cdt:  # the certificate is about the rounded input; move it back to x
+            shift = torch.linalg.vector_norm((x.double() - x.to(cdt).double()).flatten(1), dim=1)
             radius = radius - shift.to(radius.device) * (1 + 1e-12)
         return j, radius.clamp_min(0)
 

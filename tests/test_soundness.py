@@ -24,7 +24,7 @@ import scipy.sparse.linalg
 import torch
 import torch.nn.functional as F
 
-from degradation_lib import load_model
+from degradation_lib import ABSTAIN, load_model
 from degradation_lib.gloro import GloroCertifier, GloroNet, LipschitzConv2d, LipschitzLinear, PowerIterationMixin
 from degradation_lib.registry import CHECKPOINT_DIR
 from degradation_lib.spectral import (conv2d_input_order, conv2d_matrix, conv2d_spectral_bound,
@@ -212,3 +212,208 @@ def test_power_iteration_stalls_below_exact_on_committed_layer():
     est = PowerIterationMixin.converge(layer, tol=1e-9, max_steps=1000, check_every=100)
     assert est < exact * (1 - 1e-5)
     assert exact <= net.converge()[2] <= exact * TIGHT
+
+
+# -------------------------------------------------------------------------------------------
+# Float rounding: the float32 pipeline's radius never exceeds a float64 reference
+# -------------------------------------------------------------------------------------------
+
+def reference_radius(name: str, x: torch.Tensor, exact: list[float], batch: int = 1000):
+    """(labels, radius) of the float64 network with the exact constants K_ij = ∏‖A_l‖₂·‖w_j − w_i‖₂."""
+    from degradation_lib.gloro import certified_radius_from_logits
+    net = load_model(name).model.double()
+    w = net.head.weight.detach()
+    K = math.prod(exact) * (w[:, None, :] - w[None, :, :]).pow(2).sum(-1).sqrt()
+    with torch.no_grad():
+        y = torch.cat([net(x[i:i + batch].double()) for i in range(0, len(x), batch)])
+    return certified_radius_from_logits(y, K)
+
+
+# The two 2C2F nets on all 10,000 test images; the 4C3F nets (a float64 forward of 10,000 images
+# costs ~30 CPU-s each) on every 5th; tests/benchmarks/check_gloro_soundness.py checks all 10,000
+# for every model (and on CUDA when there is one).
+SUBSET = {"2C2F": 1, "4C3F": 5}
+
+
+@pytest.mark.parametrize("name", GLORO_MODELS)
+def test_float32_radius_below_float64_reference(name, exact_norms):
+    from degradation_lib import load_mnist
+    cert = load_model(name)
+    x_all, _ = load_mnist("test")
+    x = x_all[::SUBSET[cert.model.arch]]
+    labels, radius = cert.certified_radius(x)
+    ref_labels, ref_radius = reference_radius(name, x, exact_norms[name])
+    certified = radius > 0
+    assert (radius <= ref_radius).all(), f"{name}: {(radius > ref_radius).sum().item()} radii above the reference"
+    assert (labels[certified] == ref_labels[certified]).all()
+    # sound but not vacuous: the rounding bound costs little radius
+    slack = (ref_radius - radius)[certified]
+    assert slack.max() < 0.05 and slack.median() < 0.02
+    # certify is "radius > eps", exactly, at the model's ε and 2ε
+    eps = json.loads((CHECKPOINT_DIR / f"{name}.json").read_text())["eps"]
+    for e in (eps, 2 * eps):
+        out = cert.certify(x, e)
+        assert torch.equal(out, torch.where(radius > e, labels, torch.full_like(labels, ABSTAIN)))
+
+
+def test_float64_forward_option_is_tighter_and_sound(exact_norms):
+    """forward_dtype=float64 removes the convolutions' rounding term: radii within 1e-9 of the reference."""
+    from degradation_lib import load_mnist
+    name = "mnist_0.3"
+    cert = load_model(name)
+    cert64 = GloroCertifier(cert.model, forward_dtype=torch.float64)
+    x = load_mnist("test")[0][:2000]
+    r32 = cert.certified_radius(x)[1]
+    r64 = cert64.certified_radius(x)[1]
+    ref = reference_radius(name, x, exact_norms[name])[1]
+    assert (r64 <= ref).all() and (r32 <= r64).all()
+    assert ((ref - r64) <= 1e-6 * ref.clamp_min(1.0)).all()
+    with pytest.raises(ValueError):
+        GloroCertifier(cert.model, forward_dtype=torch.float16)
+
+
+def test_radius_accounts_for_input_rounding():
+    """A float64 input to a float32 model is rounded first; the radius is moved back to the input."""
+    net = GloroNet(dict(input_shape=(1, 6, 6), layers=[("conv", 4, 3, 1, 1), ("dense", 8)]), num_classes=3, seed=1)
+    cert = GloroCertifier(net)
+    x = torch.rand(50, 1, 6, 6, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
+    r32 = cert.certified_radius(x.float())[1]
+    r64 = cert.certified_radius(x)[1]
+    shift = torch.linalg.vector_norm((x - x.float().double()).flatten(1), dim=1)
+    assert torch.allclose(r64, (r32 - shift).clamp_min(0), rtol=1e-12, atol=1e-15)
+    assert (shift > 0).all()
+
+
+# -------------------------------------------------------------------------------------------
+# Clopper–Pearson at the edges
+# -------------------------------------------------------------------------------------------
+
+def _binom_tail_ge(k: int, n: int, p):
+    """P[Bin(n, p) ≥ k] in mpmath, in closed form for the edge counts k ∈ {1, 2, n − 1, n}."""
+    import mpmath
+    q = 1 - p
+    if k == 1:
+        return 1 - q ** n
+    if k == 2:
+        return 1 - q ** n - n * p * q ** (n - 1)
+    if k == n - 1:
+        return p ** n + n * p ** (n - 1) * q
+    if k == n:
+        return p ** n
+    raise ValueError(k)
+
+
+def _mp_root(f, target: float, increasing: bool) -> float:
+    """The p in (0, 1) with f(p) = target for a monotone f, by bisection in 40-digit arithmetic."""
+    import mpmath
+    mpmath.mp.dps = 40
+    lo, hi = mpmath.mpf(0), mpmath.mpf(1)
+    for _ in range(140):
+        mid = (lo + hi) / 2
+        if (f(mid) < target) == increasing:
+            lo = mid
+        else:
+            hi = mid
+    return float((lo + hi) / 2)
+
+
+CP_CASES = [(k, n, a) for n in (10, 100_000, 1_000_000) for a in (1e-3, 1e-6) for k in (0, 1, n - 1, n)]
+
+
+@pytest.mark.parametrize("k,n,alpha", CP_CASES)
+def test_clopper_pearson_edges_against_beta_ppf(k, n, alpha):
+    """CERTIFY's p̲_A and the two-sided interval of metrics, against scipy's beta quantiles and
+    against the roots of P[Bin(n, p̲) ≥ k] = α and P[Bin(n, p̄) ≤ k] = α found by bisection in 40
+    digits (near p = 1 a float64 resolves 1 − p only to ~1e-4 relative at n = 10⁶, so the check is
+    in ulps of p)."""
+    from scipy.stats import beta
+    from degradation_lib.metrics import clopper_pearson
+    from degradation_lib.smoothing import p_A_lower
+    lower = float(p_A_lower([k], n, alpha)[0])
+    expected = beta.ppf(alpha, k, n - k + 1) if k > 0 else 0.0
+    assert lower == pytest.approx(expected, rel=1e-12, abs=0.0)
+    lo, hi = (float(v) for v in clopper_pearson(k, n, 2 * alpha))  # two-sided at 2α: the same lower end
+    assert lo == pytest.approx(expected, rel=1e-12, abs=0.0)
+    assert hi == pytest.approx(beta.isf(alpha, k + 1, n - k) if k < n else 1.0, rel=1e-12, abs=0.0)
+    # the roots of the defining equations in 40-digit arithmetic, to 8 float64 ulps
+    if k > 0:   # P[X ≥ k] = α at p = p̲_A
+        root = _mp_root(lambda p: _binom_tail_ge(k, n, p), alpha, increasing=True)
+        assert abs(lower - root) <= 8 * np.spacing(root)
+    if k < n:   # P[X ≤ k] = α at p = p̄
+        root = _mp_root(lambda p: 1 - _binom_tail_ge(k + 1, n, p), alpha, increasing=False)
+        # scipy's upper quantile is off by 2.3e-12 relative at k = 1, n = 10⁶, α = 1e-6, on the
+        # conservative side (wider); everywhere else it is within an ulp
+        assert abs(hi - root) <= 8 * np.spacing(root) or root < hi <= root * (1 + 1e-11)
+    # closed forms: k = n gives α^{1/n}; k = 1 gives 1 − (1 − α)^{1/n}
+    if k == n:
+        assert lower == pytest.approx(alpha ** (1 / n), rel=1e-12)
+    if k == 1:
+        assert lower == pytest.approx(-math.expm1(math.log1p(-alpha) / n), rel=1e-9)
+
+
+def test_p_A_lower_rejects_bad_counts():
+    from degradation_lib.smoothing import p_A_lower
+    for bad in ([-1], [11], [2.5]):
+        with pytest.raises(ValueError):
+            p_A_lower(bad, 10, 0.001)
+    with pytest.raises(ValueError):
+        p_A_lower([1], 10, 0.0)
+    assert p_A_lower([], 10, 0.001).shape == (0,)
+
+
+# -------------------------------------------------------------------------------------------
+# ℓ∞ bounds: corners of the box, float32 against float64
+# -------------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_linf_bounds_contain_corners_up_to_documented_rounding(dtype):
+    """On a linear network every method's lower bound is attained at the corner x*_i = lo_i where
+    the (specification-folded) weight is positive, hi_i elsewhere. The bounds, computed in
+    ``dtype``, contain the exact (float64) outputs at x* and at random corners up to the rounding
+    that linf.py documents: γ_k·(|W|(|c| + r) + |b|), k the fan-in, u of ``dtype``."""
+    from torch import nn
+    from degradation_lib.linf import BOUND_METHODS, compute_bounds, input_box, margin_spec
+    g = torch.Generator().manual_seed(21)
+    net = nn.Sequential(nn.Conv2d(1, 4, 3, 2, 1), nn.Flatten(), nn.Linear(4 * 7 * 7, 30), nn.Linear(30, 10))
+    with torch.no_grad():
+        for p in net.parameters():
+            p.copy_(torch.randn(p.shape, generator=g))
+    net = net.to(dtype)
+    net64 = net.double() if dtype == torch.float64 else __import__("copy").deepcopy(net).double()
+    x = torch.rand(6, 1, 14, 14, generator=g, dtype=dtype)
+    lo, hi = input_box(x, 0.1)
+    labels = net(x).argmax(1)
+    C = margin_spec(labels, 10, dtype=dtype)
+    # the composed affine map z = M x + m of the margins, in float64
+    with torch.no_grad():
+        basis = torch.eye(196, dtype=torch.float64).reshape(196, 1, 14, 14)
+        m0 = net64(torch.zeros(1, 1, 14, 14, dtype=torch.float64))[0]
+        M = (net64(basis) - m0).T                                       # [10, 196]
+    Ms = torch.einsum("nsk,kd->nsd", C.double(), M)                     # [N, 9, 196]
+    ms = torch.einsum("nsk,k->ns", C.double(), m0)
+    lo64, hi64 = lo.double().flatten(1), hi.double().flatten(1)
+    c, r = (lo64 + hi64) / 2, (hi64 - lo64) / 2
+    exact_min = torch.einsum("nsd,nd->ns", Ms, c) - torch.einsum("nsd,nd->ns", Ms.abs(), r) + ms
+    # x* attains it (an independent evaluation through the network)
+    star = torch.where(Ms > 0, lo64[:, None], hi64[:, None])           # [N, 9, 196]
+    with torch.no_grad():
+        out = net64(star.reshape(-1, 1, 14, 14)).reshape(6, 9, 10)
+    at_star = torch.einsum("nsk,nsk->ns", C.double(), out)
+    assert torch.allclose(at_star, exact_min, rtol=1e-10, atol=1e-10)
+    # the documented rounding allowance (layer by layer magnitudes, generous fan-in)
+    u = torch.finfo(dtype).eps / 2
+    k = 196 + 30 + 10
+    scale = torch.einsum("nsd,nd->ns", Ms.abs(), c.abs() + r) + ms.abs() + 1.0
+    allowance = 4 * k * u * scale * 10
+    for method in BOUND_METHODS:
+        l, h = compute_bounds(net, lo, hi, C, method)
+        l = l.double()
+        assert (l <= exact_min + allowance).all(), method
+        # random corners stay above the lower bound too
+        u01 = torch.rand(6, 200, 196, generator=g, dtype=torch.float64).round()
+        corners = lo64[:, None] + (hi64 - lo64)[:, None] * u01
+        with torch.no_grad():
+            vals = torch.einsum("nsk,npk->nps", C.double(), net64(corners.reshape(-1, 1, 14, 14)).reshape(6, 200, 10))
+        assert (vals >= l[:, None] - allowance[:, None]).all(), method
+        if dtype == torch.float64:  # float64: within ~1e-12 relative
+            assert (l <= exact_min + 1e-12 * scale).all(), method
