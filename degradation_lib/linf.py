@@ -33,6 +33,19 @@ the label (Definition 2 restricted to the input domain). This matches the attack
 are clipped to [0, 1] (:func:`degradation_lib.attacks.project`). ``clip=False`` bounds the
 whole box.
 
+Floating-point rounding
+-----------------------
+The bounds are computed in the dtype of the model and the inputs (float32 for the committed
+``mnist_linf_0.1``), with round-to-nearest and *no* outward rounding: they are bounds of the
+network in exact arithmetic only up to the rounding of the bound computation itself, of
+relative size ~k·u per layer (u = 2⁻²⁴ in float32, k the fan-in), i.e. ~1e-5 of the magnitudes
+|W|·(|c| + r) involved. A margin certified by less than that is not proven. For a certificate
+whose rounding is negligible (u = 2⁻⁵³, ~1e-13), bound a float64 copy of the model
+(``LinfCertifier(copy.deepcopy(model).double())`` or ``compute_bounds`` on float64 tensors).
+``tests/test_soundness.py`` checks float32 bounds against float64 evaluations at sampled points
+and at the corners of the box, including the minimising corner of linear networks, where the
+interval bound is attained exactly.
+
 Specification
 -------------
 A specification matrix ``C`` ``[N, S, K]`` asks for bounds on ``C f(x)`` instead of ``f(x)``;

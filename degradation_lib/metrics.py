@@ -27,7 +27,10 @@ from .certifier import ABSTAIN
 def clopper_pearson(k, n, alpha: float = 0.05) -> tuple[np.ndarray, np.ndarray]:
     """Exact two-sided (1 − α) Clopper–Pearson interval for k successes out of n.
 
-    Vectorised over array-like ``k`` and ``n``. Where n = 0 the interval is [0, 1].
+    Vectorised over array-like ``k`` and ``n``. Where n = 0 the interval is [0, 1]. The ends are
+    Beta quantiles: lo = B⁻¹(α/2; k, n − k + 1) (0 at k = 0) and hi = the upper α/2 quantile of
+    Beta(k + 1, n − k) (1 at k = n), taken with ``beta.isf`` so that a tiny α is not lost in
+    1 − α/2 (checked at k ∈ {0, 1, n − 1, n}, n up to 10⁶, in ``tests/test_soundness.py``).
     """
     if not 0 < alpha < 1:
         raise ValueError(f"alpha must be in (0, 1), got {alpha!r}")
@@ -37,7 +40,7 @@ def clopper_pearson(k, n, alpha: float = 0.05) -> tuple[np.ndarray, np.ndarray]:
         raise ValueError("need 0 <= k <= n")
     with np.errstate(invalid="ignore", divide="ignore"):
         lo = np.where(k > 0, beta.ppf(alpha / 2, k, n - k + 1), 0.0)
-        hi = np.where(k < n, beta.ppf(1 - alpha / 2, k + 1, n - k), 1.0)
+        hi = np.where(k < n, beta.isf(alpha / 2, k + 1, n - k), 1.0)  # isf(α/2), not ppf(1 − α/2): exact for tiny α
     lo = np.where(n > 0, np.nan_to_num(lo, nan=0.0), 0.0)
     hi = np.where(n > 0, np.nan_to_num(hi, nan=1.0), 1.0)
     return lo, hi

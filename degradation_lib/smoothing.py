@@ -31,8 +31,7 @@ from collections.abc import Sequence
 
 import numpy as np
 import torch
-from scipy.stats import binomtest, norm
-from statsmodels.stats.proportion import proportion_confint
+from scipy.stats import beta, binomtest, norm
 from torch import nn
 
 from .certifier import ABSTAIN, Certifier, check_eps, check_input
@@ -61,12 +60,25 @@ def _check_count(value, name: str) -> int:
 def p_A_lower(n_A, n: int, alpha: float) -> np.ndarray:
     """One-sided (1 − α) Clopper–Pearson lower confidence bound on p_A from n_A successes of n.
 
-    Equals the lower end of the two-sided (1 − 2α) interval, computed with statsmodels'
-    ``proportion_confint(n_A, n, alpha=2α, method="beta")`` (0 where n_A = 0). Vectorised.
+    p̲_A = B⁻¹(α; n_A, n − n_A + 1), the α-quantile of a Beta(n_A, n − n_A + 1) distribution
+    (``scipy.stats.beta.ppf``), and 0 where n_A = 0: the p at which P[Bin(n, p) ≥ n_A] = α
+    (Cohen et al., CERTIFY; the lower end of the two-sided (1 − 2α) interval). Vectorised over
+    ``n_A``. Computed with scipy directly rather than statsmodels' ``proportion_confint``, whose
+    edge cases (count 0, tiny α, large n: statsmodels issues 9549, 9141) need care;
+    ``tests/test_soundness.py`` checks both ends (n_A ∈ {0, 1, n − 1, n}, n up to 10⁶, α down to
+    10⁻⁶) against ``beta.ppf`` and against the defining equation in 50-digit arithmetic.
+
+    Raises ``ValueError`` unless 0 ≤ n_A ≤ n (integers), n ≥ 1 and 0 < α < 1.
     """
-    n_A = np.asarray(n_A, dtype=np.int64)
-    lower = np.asarray(proportion_confint(n_A, n, alpha=2 * alpha, method="beta")[0], dtype=np.float64)
-    return np.where(n_A > 0, np.nan_to_num(lower, nan=0.0), 0.0)
+    n = _check_count(n, "n")
+    alpha = _check_alpha(alpha)
+    n_A = np.asarray(n_A)
+    if n_A.size and (not np.all(np.equal(np.mod(n_A, 1), 0)) or n_A.min() < 0 or n_A.max() > n):
+        raise ValueError(f"n_A must be integers in [0, n={n}], got values in [{n_A.min()}, {n_A.max()}]")
+    n_A = n_A.astype(np.float64)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        lower = beta.ppf(alpha, np.maximum(n_A, 1.0), n - n_A + 1)
+    return np.where(n_A > 0, lower, 0.0).astype(np.float64)
 
 
 def radius_from_p_A_lower(p_lower, sigma: float) -> np.ndarray:
