@@ -8,7 +8,8 @@ Public API (re-exported here):
 * :func:`load_mnist`, :func:`load_cifar10`;
 * :class:`LinearCertifier`, the exact certifier for linear classifiers;
 * :func:`project` (Algorithm 3.1's projection) and the attacks;
-* metrics with Clopper–Pearson intervals, per-point results that merge across shards.
+* metrics with Clopper–Pearson intervals, per-point results that merge across shards;
+* the M-membership-oracle defense of Section 4.2 (:class:`ManifoldDefense`, ours).
 """
 
 from .certifier import ABSTAIN, Certifier, check_eps, check_input, check_norm, predict_with_defense, resolve_device
@@ -24,6 +25,8 @@ from .linf import LinfCertifier, compute_bounds, input_box, interval_bounds, mar
 from .metrics import Rate, clopper_pearson, degradation_report, rate, upper_bound
 from .registry import available_models, load_model, model_metadata
 from .results import PointResults, merge
+from .oracle import (AutoencoderOracle, BallUnionOracle, ManifoldDefense, MembershipOracle, adaptive_attack,
+                     calibrate_threshold, load_oracle, search_witness)
 from . import published
 
 __version__ = "0.1.0"
