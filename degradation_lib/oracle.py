@@ -620,7 +620,7 @@ def adaptive_attack(defense: ManifoldDefense, x: torch.Tensor, eps: float, label
 def evaluate_oracle_defense(certifier: Certifier, oracle: MembershipOracle, x: torch.Tensor, y: torch.Tensor,
                             eps: float, *, steps: int = 50, restarts: int = 2, attack_steps: int = 50,
                             attack_rel_step: float = 0.025, adaptive_steps: int = 100, adaptive_targets: int = 2,
-                            seed: int = 0, batch_size: int = 100, index=None, meta: dict | None = None, log=None):
+                            adaptive: bool = True, seed: int = 0, batch_size: int = 100, index=None, meta: dict | None = None, log=None):
     """Plain certified defense vs :class:`ManifoldDefense` on the same points, per point (ours).
 
     For each test point x (label y) and ε:
@@ -646,7 +646,8 @@ def evaluate_oracle_defense(certifier: Certifier, oracle: MembershipOracle, x: t
         x, y: inputs ``[N, ...]`` in [0, 1] and labels ``[N]``.
         eps: ε > 0.
         steps, restarts: the search budget; attack_steps, attack_rel_step: the PGD of the
-            degradation and ε-attacks; adaptive_steps, adaptive_targets: :func:`adaptive_attack`.
+            degradation and ε-attacks; adaptive_steps, adaptive_targets: :func:`adaptive_attack`
+            (not run when ``adaptive`` is False: its columns are then absent).
         seed: seeds the attacks' generator and the defense's search.
         batch_size: points per batch; index: dataset positions (default 0..N-1); meta: extra
             metadata; log: optional callable for progress lines.
@@ -709,6 +710,10 @@ def evaluate_oracle_defense(certifier: Certifier, oracle: MembershipOracle, x: t
         put("adv", certifier.certify(xa, eps))
         put("adv_pred", certifier.predict(xa))
         defended("adv", xa)
+        if log is not None:
+            log(f"points {start}-{start + xb.shape[0]}: non-adaptive part {time.perf_counter() - t0:.0f} s")
+        if not adaptive:
+            continue
         ran = (pred == yb) & (certifier.certify(xb, eps) == ABSTAIN)
         through = torch.zeros_like(ran)
         adapt_pred = torch.full_like(pred, ABSTAIN)
@@ -728,13 +733,13 @@ def evaluate_oracle_defense(certifier: Certifier, oracle: MembershipOracle, x: t
         put("adapt_pred", adapt_pred)
         put("adapt_def", adapt_def)
         if log is not None:
-            log(f"points {start}-{start + xb.shape[0]}: {time.perf_counter() - t0:.0f} s")
+            log(f"points {start}-{start + xb.shape[0]}: with the adaptive attack {time.perf_counter() - t0:.0f} s")
     index = torch.arange(x.shape[0]) if index is None else torch.as_tensor(index)
     columns = {"index": index.cpu().numpy()}
     columns.update({k: torch.cat(v).numpy() for k, v in cols.items()})
     info = dict(eps=eps, norm=str(norm), steps=steps, restarts=restarts, attack_steps=attack_steps,
-                attack_rel_step=attack_rel_step, adaptive_steps=adaptive_steps, adaptive_targets=adaptive_targets,
-                seed=seed, oracle_threshold=oracle.threshold, policy="accept")
+                attack_rel_step=attack_rel_step, adaptive_steps=adaptive_steps if adaptive else 0,
+                adaptive_targets=adaptive_targets if adaptive else 0, seed=seed, oracle_threshold=oracle.threshold, policy="accept")
     info.update(meta or {})
     return PointResults(columns, info)
 
@@ -744,13 +749,17 @@ RESULTS_DIR = Path(__file__).resolve().parent.parent / "results" / "12_membershi
 
 
 def run_stored(model: str, num_points: int, eps: float, *, oracle: str = "mnist_ae", shard_size: int = 50,
-               out_dir: str | Path | None = None, device: str | torch.device = "cpu", log=print, **settings):
+               false_alarm: float | None = None, out_dir: str | Path | None = None,
+               device: str | torch.device = "cpu", log=print, **settings):
     """:func:`evaluate_oracle_defense` on the first ``num_points`` MNIST test images, in resumable shards.
 
     Each shard of ``shard_size`` points is saved as ``MODEL_nN.shardK.npz`` in ``out_dir``
     (default :data:`RESULTS_DIR`) and skipped when present; at the end the shards are merged
-    into ``MODEL_nN.npz`` (:func:`~degradation_lib.results.merge`) and removed. ``settings`` go to
-    :func:`evaluate_oracle_defense`. Returns the merged results.
+    into ``MODEL_nN.npz`` (:func:`~degradation_lib.results.merge`) and removed. With
+    ``false_alarm`` the oracle's threshold is recalibrated on its calibration split at that rate
+    (:func:`oracle_splits`, :func:`calibrate_threshold`) and the files are named
+    ``MODEL_nN_faALPHA``. ``settings`` go to :func:`evaluate_oracle_defense`. Returns the merged
+    results.
     """
     from .data import load_mnist
     from .registry import load_model
@@ -764,6 +773,10 @@ def run_stored(model: str, num_points: int, eps: float, *, oracle: str = "mnist_
     orc = load_oracle(oracle, device)
     x, y = load_mnist("test")
     stem = out_dir / f"{model}_n{num_points}"
+    if false_alarm is not None:
+        _, cal, _ = oracle_splits(int(oracle_metadata(oracle)["training"]["seed"]))
+        orc.calibrate(load_mnist("train")[0][cal].to(device), false_alarm)
+        stem = out_dir / f"{model}_n{num_points}_fa{false_alarm:g}"
     parts = []
     for k, start in enumerate(range(0, num_points, shard_size)):
         path = stem.with_name(f"{stem.name}.shard{k}.npz")
@@ -773,13 +786,16 @@ def run_stored(model: str, num_points: int, eps: float, *, oracle: str = "mnist_
         t0 = time.perf_counter()
         stop = min(start + shard_size, num_points)
         res = evaluate_oracle_defense(cert, orc, x[start:stop].to(device), y[start:stop].to(device), eps,
-                                      index=torch.arange(start, stop), meta=dict(model=model, oracle=oracle,
-                                      shard=k), **settings)
+                                      index=torch.arange(start, stop), log=log,
+                                      meta=dict(model=model, oracle=oracle, shard=k,
+                                                false_alarm=false_alarm if false_alarm is not None
+                                                else oracle_metadata(oracle)["false_alarm_target"]),
+                                      **settings)
         res.save(path)
         parts.append(res)
         log(f"{model}: shard {k} (points {start}-{stop}) in {time.perf_counter() - t0:.0f} s")
     merged = merge(parts)
-    merged.save(stem.with_suffix(".npz"))
+    merged.save(out_dir / f"{stem.name}.npz")  # not with_suffix: the stem has dots (mnist_0.3)
     for k in range(len(parts)):
         stem.with_name(f"{stem.name}.shard{k}.npz").unlink(missing_ok=True)
     return merged
@@ -895,11 +911,13 @@ def _main(argv=None):
     p.add_argument("--num-points", type=int, default=200, help="with --evaluate: first N test images")
     p.add_argument("--adaptive-steps", type=int, default=100, help="with --evaluate")
     p.add_argument("--adaptive-targets", type=int, default=2, help="with --evaluate")
+    p.add_argument("--no-adaptive", action="store_true", help="with --evaluate: skip the adaptive attack")
+    p.add_argument("--recalibrate", type=float, help="with --evaluate: recalibrate tau at this false-alarm rate")
     a = p.parse_args(argv)
     if a.evaluate:
         torch.set_num_threads(a.threads)
         run_stored(a.evaluate, a.num_points, a.eps, seed=a.seed, adaptive_steps=a.adaptive_steps,
-                   adaptive_targets=a.adaptive_targets)
+                   adaptive_targets=a.adaptive_targets, adaptive=not a.no_adaptive, false_alarm=a.recalibrate)
         return
     train_autoencoder(latent=a.latent, epochs=a.epochs, noise_sigma=a.noise_sigma, seed=a.seed,
                       false_alarm=a.false_alarm, threads=a.threads, out=a.out)

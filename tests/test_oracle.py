@@ -219,3 +219,18 @@ def test_search_is_complete_on_the_2d_problem():
         assert not (res.found & ~exists_loose).any()
         checked += int(exists.sum())
     assert checked >= 10  # x' with a witness were drawn (14 with this seed)
+
+
+def test_run_stored_names_merges_and_resumes(tmp_path):
+    from degradation_lib.oracle import run_stored
+
+    settings = dict(steps=1, restarts=1, attack_steps=1, adaptive_steps=1, adaptive_targets=1, log=lambda s: None)
+    res = run_stored("mnist_0.3", 3, 0.3, shard_size=2, out_dir=tmp_path, **settings)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["mnist_0.3_n3.npz"]  # shards merged and removed
+    assert list(res["index"]) == [0, 1, 2] and res.meta["model"] == "mnist_0.3"
+    # a present shard is read, not recomputed: plant one with a marker value and resume
+    first = dl.PointResults({k: v[:2] for k, v in res.columns.items()}, dict(res.meta, shard=0))
+    first.columns["radius"][:] = -7.0
+    first.save(tmp_path / "mnist_0.3_n3.shard0.npz")
+    again = run_stored("mnist_0.3", 3, 0.3, shard_size=2, out_dir=tmp_path, **settings)
+    assert (again["radius"][:2] == -7.0).all() and again["radius"][2] == res["radius"][2]
