@@ -421,7 +421,9 @@ class DefenseResult:
         found: bool ``[N]``: a witness was found (x' is an adversarial example: rejected).
         witness: ``[N, ...]``: the witness where found, x' elsewhere.
         model_forward, oracle_forward, backward: passes per example (float64 ``[N]``), the
-            certificate's own forward pass included in ``model_forward``.
+            certificate's own forward pass included in ``model_forward`` and counted once (a
+            logit-based check such as GloRo's gets f(x') from the same logits; the code asks the
+            certifier for ``predict`` separately, for certifiers where it does not).
     """
 
     labels: torch.Tensor

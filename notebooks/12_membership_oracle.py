@@ -173,6 +173,9 @@ glue("latent", ometa["latent"], display=False)
 weakest = min(detect, key=lambda k: detect[k].value)
 glue("weakest_kind", weakest, display=False)
 glue("weakest_rate", detect[weakest].value, display=False)
+glue("score_median", float(s_test.median()), display=False)
+glue("two_eps_big", 2 * max(TABLE1_GLORO[name]["eps"] for name in models), display=False)
+glue("slack", math.sqrt(max(oracle.threshold ** 2 - float(s_test.median()) ** 2, 0.0)), display=False)
 
 # %% [markdown]
 # ```{glue:figure} oracle_table
@@ -185,7 +188,11 @@ glue("weakest_rate", detect[weakest].value, display=False)
 # The autoencoder (latent dimension {glue:text}`latent`, {glue:text}`epochs_ae` epochs,
 # {glue:text}`train_min:.0f` minutes on one shared CPU thread) flags
 # {glue:text}`fa_test:.1%` of the MNIST test digits (95 % interval {glue:text}`fa_test_lo:.1%` to
-# {glue:text}`fa_test_hi:.1%`), consistent with the calibrated rate; its weakest kind of
+# {glue:text}`fa_test_hi:.1%`), consistent with the calibrated rate. The median test digit
+# scores {glue:text}`score_median:.2f`, so the accepted set reaches well beyond the digits: a
+# perturbation the autoencoder does not reproduce can be about
+# $\sqrt{\tau^2 - s(x)^2} \approx$ {glue:text}`slack:.1f` long before a typical digit is
+# flagged (compare $2\epsilon =$ {glue:text}`two_eps_big:.2f` for the largest ε below). Its weakest kind of
 # non-digit is "{glue:text}`weakest_kind`", detected at {glue:text}`weakest_rate:.1%`. An
 # autoencoder reconstructs simple shapes well; this oracle is imprecise, as Section 4.2 warns
 # OOD detectors are, and the measurements below carry that imprecision.
@@ -334,9 +341,8 @@ glue("adapt_big", adapt.value, display=False)
 glue("adapt_big_lo", adapt.lo, display=False)
 glue("adapt_big_hi", adapt.hi, display=False)
 glue("adapt_big_n", adapt.n, display=False)
-glue("target_fpr", "met" if ratio >= 10 else "missed", display=False)
-glue("target_adv", "met" if adv_acc.value >= 0.95 else "missed", display=False)
-glue("adv_gap", 0.95 - adv_acc.value, display=False)
+glue("target_fpr", "met" if ratio >= 10 else f"missed, by a factor {10 / ratio:.1f}", display=False)
+glue("target_adv", "met" if adv_acc.value >= 0.95 else f"missed by {0.95 - adv_acc.value:.1%}", display=False)
 small = models[0]
 rs0 = all_rates[small]
 glue("small", small, display=False)
@@ -354,8 +360,8 @@ glue("wrong_plain_big", rb[("clean: answered wrong", "plain")].value, display=Fa
 #   degradation attack makes the plain defense reject {glue:text}`fpr_plain_big:.1%` of $test_R$;
 #   the accept policy rejects {glue:text}`fpr_acc_big:.1%` (upper 95 % bound
 #   {glue:text}`fpr_acc_big_hi:.1%`), a {glue:text}`fpr_ratio:.1f`-fold reduction (target
-#   ≥ 10: {glue:text}`target_fpr`). On {glue:text}`small` the rate goes from
-#   {glue:text}`fpr_plain_small:.1%` to {glue:text}`fpr_acc_small:.1%`.
+#   ≥ 10: {glue:text}`target_fpr`; the end of the page says why). On {glue:text}`small` the
+#   rate goes from {glue:text}`fpr_plain_small:.1%` to {glue:text}`fpr_acc_small:.1%`.
 # * **Adversarial examples.** The accept policy still rejects {glue:text}`adv_rej_big:.1%` of
 #   the {glue:text}`adv_rej_big_n` ε-PGD adversarial examples on {glue:text}`big` (target ≥ 95 %:
 #   {glue:text}`target_adv`), {glue:text}`adv_rej_small:.1%` on {glue:text}`small`. The plain
@@ -385,13 +391,13 @@ glue("wrong_plain_big", rb[("clean: answered wrong", "plain")].value, display=Fa
 # $\epsilon$ of it, has another label. The scores below show how far the attack inputs sit from
 # the accepted set.
 
-# %% tags=["remove-input"] mystnb={"figure": {"caption": "The oracle's score s(x) = \u2016x \u2212 D(E(x))\u2016\u2082 of clean test images, of the degradation inputs of Algorithm 3.1 (rejection loss) and of the \u03b5-PGD adversarial examples, per model; dashed: the threshold \u03c4 (inputs to its right are declared outside M).", "name": "fig-oracle-scores"}}
+# %% tags=["remove-input"] mystnb={"figure": {"caption": "The oracle's score s(x) = \u2016x \u2212 D(E(x))\u2016\u2082 of clean test images, of the degradation inputs of Algorithm 3.1 (rejection loss) and of the \u03b5-PGD attack inputs (at every point, whether or not the label flipped), per model; dashed: the threshold \u03c4 (inputs to its right are declared outside M).", "name": "fig-oracle-scores"}}
 fig, axes = plt.subplots(1, len(models), figsize=(5 * len(models), 3.4), squeeze=False)
 for ax, name in zip(axes[0], models):
     res = results[name]
     bins = np.linspace(0, max(float(np.max(res["adv_score"])), oracle.threshold) * 1.1, 40)
     for col, label in (("clean_score", "clean test images"), ("alg31_rejection_score", "degradation inputs"),
-                       ("adv_score", "ε-PGD adversarial examples")):
+                       ("adv_score", "ε-PGD attack inputs")):
         ax.hist(res[col], bins=bins, histtype="step", linewidth=1.5, label=label)
     ax.axvline(oracle.threshold, color="k", linestyle="--", label="threshold τ")
     ax.set_xlabel("oracle score s(x) (ℓ2 reconstruction error)")
@@ -399,6 +405,37 @@ for ax, name in zip(axes[0], models):
     ax.set_title(f"{name} (ε = {eps_of[name]})")
 axes[0][0].legend(fontsize=8)
 fig.tight_layout()
+
+# %% tags=["remove-input"]
+flag_rows = []
+for name, res in results.items():
+    y_ = res["label"]
+    R_ = (res["certified"] == y_) & (res["certified"] != ABSTAIN)
+    adv_ = (res["pred"] == y_) & (res["adv_pred"] != y_)
+    tau_ = res.meta["oracle_threshold"]
+    flag_rows.append({"model": f"{name} (ε = {eps_of[name]})",
+                      "clean test images": pct(dl.rate(res["clean_score"] > tau_)),
+                      "degradation inputs, Alg. 3.1 (paper's PGD)": pct(dl.rate(res["alg31_score"] > tau_, R_)),
+                      "degradation inputs, Alg. 3.1 (strongest)": pct(dl.rate(res["alg31_rejection_score"] > tau_, R_)),
+                      "ε-PGD adversarial examples": pct(dl.rate(res["adv_score"] > tau_, adv_))})
+glue("flag_table", pd.DataFrame(flag_rows).set_index("model"), display=False)
+glue("flag_deg_big", dl.rate(results[big]["alg31_rejection_score"] > oracle.threshold,
+                             (results[big]["certified"] == results[big]["label"])).value, display=False)
+
+# %% [markdown]
+# ```{glue:figure} flag_table
+# :name: tab-oracle-flags
+#
+# Share of inputs the oracle declares outside $M$ ($s > \tau$): degradation inputs over the
+# attacked points of $test_R$, adversarial examples over the points whose label ε-PGD changed
+# (95 % Clopper–Pearson intervals).
+# ```
+#
+# The oracle hardly tells a degradation input from a digit (on {glue:text}`big` it flags
+# {glue:text}`flag_deg_big:.1%` of them): an ℓ2 perturbation of length at most $\epsilon$ moves
+# the score by little compared with $\tau$. That is as it should be -- a degradation input *is*
+# a near-copy of a valid digit -- but it means the search's question is decided by the
+# differently-labelled inputs the oracle accepts *near* it.
 
 # %% [markdown]
 # ### What the search finds
@@ -442,8 +479,8 @@ if len(pick):
 # ### A stricter oracle
 #
 # The oracle's threshold is the knob: calibrated to flag more digits, it accepts a thinner set
-# around $M$, and fewer differently-labelled inputs remain for the search to find near a
-# degradation input. On the first {glue:text}`num_sensitivity` test points of
+# around $M$, and -- if the oracle's tolerance were what lets the search find witnesses -- fewer
+# differently-labelled inputs would remain for it near a degradation input. On the first {glue:text}`num_sensitivity` test points of
 # {glue:text}`big`, the same run (without the adaptive attack) with $\tau$ recalibrated on the
 # same calibration images at higher false-alarm rates; the first row is the stored run at the
 # committed threshold, restricted to the same points.
@@ -474,6 +511,8 @@ for fa, res in sens.items():
                       "ε-PGD adv. examples rejected (accept)": pct(dl.rate(sub["adv_def"] == ABSTAIN, adv_)),
                       "clean rejected (accept)": pct(dl.rate(sub["clean_def"] == ABSTAIN))})
 glue("sens_table", pd.DataFrame(sens_rows).set_index("false-alarm rate α"), display=False)
+glue("sens_summary", "; ".join(f"{r['FPR accept (strongest)']} at α = {r['false-alarm rate α']} "
+                               f"(digits flagged: {r['test digits flagged']})" for r in sens_rows), display=False)
 glue("num_sensitivity", num_sensitivity, display=False)
 
 # %% [markdown]
@@ -484,16 +523,38 @@ glue("num_sensitivity", num_sensitivity, display=False)
 # false-alarm rates, on the first {glue:text}`num_sensitivity` test points (95 % Clopper–Pearson
 # intervals). "Test digits flagged": the oracle's false alarms on the 10,000 MNIST test images.
 # ```
+#
+# The accept policy's false-positive rate under the strongest attack, by threshold:
+# {glue:text}`sens_summary`.
 
 # %% [markdown]
 # ## What this shows
 #
-# The oracle defense does what Section 4.2 promises where the oracle and the search are good: a
-# degradation input whose ε-ball holds no accepted input with another label is answered, and a
-# genuine adversarial example is rejected with its witness. Its guarantee is exactly as strong as
-# its two approximations: the oracle's threshold trades false alarms on digits against the
-# thickness of the accepted set (and with it how many differently-labelled "valid" inputs the
-# search can find near a degradation input), and under the accept policy an adversary who knows
-# the search only has to hide the witnesses from it, not from the true manifold -- the adaptive
-# attack's rate above is a lower bound on what a stronger adversary achieves. With the reject
-# policy none of this matters: it is the plain defense, with witnesses.
+# On {glue:text}`small` the oracle defense does what Section 4.2 promises: the strongest
+# degradation attack's false-positive rate goes from {glue:text}`fpr_plain_small:.1%` to
+# {glue:text}`fpr_acc_small:.1%`, {glue:text}`adv_rej_small:.0%` of the real adversarial examples
+# are rejected with a witness, and the adaptive attack gets through at
+# {glue:text}`adapt_small:.1%` of the points it tries. On
+# {glue:text}`big` it removes only part of the false positives, and the reason is not the
+# oracle's tolerance -- tightening the threshold until it flags a quarter of the real digits
+# barely moves the rate -- but what the search finds: within $\epsilon =$ {glue:text}`big_eps`
+# of most successful degradation inputs there is an input that the autoencoder reconstructs as
+# well as a test digit and that the model labels differently, often a near-copy of the clean
+# digit itself (the figure above). By the definition the defense implements, such a witness makes
+# $x'$ an adversarial example, so *under this oracle's $M$* these rejections are not false
+# positives at all: the model is simply not robust at valid-looking inputs within $2\epsilon$ of
+# the certified point. Section 3.3 counts them as false positives because it judges $x'$
+# against the one valid input $x$ it came from; the 10× target made the same assumption, that
+# no other valid input with another label lies within $\epsilon$ of $x'$. Telling the two readings apart needs an oracle that draws $M$ far more tightly
+# than a reconstruction error -- one that would call the witnesses above invalid, or the model's
+# label for them wrong.
+#
+# Two caveats hold throughout. The accept policy is only as good as its search: a witness
+# missed within the budget is an adversarial example accepted. The adaptive attack, which replays
+# the search, got through at {glue:text}`adapt_big:.1%` of the points of {glue:text}`big` (upper
+# 95 % bound {glue:text}`adapt_big_hi:.1%`): $x$ itself and many near-copies of it stay within
+# reach of the search from any $x'$ in its ball, but a stronger adversary -- one that optimises
+# through the search, or spends more candidates -- may do better; a low measured rate is not a
+# proof. And the oracle is a learned model: an adversary could attack it too (we generated
+# non-digits it accepts, e.g. "{glue:text}`weakest_kind`"). With the *reject* policy none of this
+# matters: it is the plain defense, with witnesses for the rejections it can explain.
