@@ -10,7 +10,9 @@ Public API (re-exported here):
 * :func:`project` (Algorithm 3.1's projection) and the attacks;
 * metrics with Clopper–Pearson intervals, per-point results that merge across shards;
 * the named experiments (:mod:`degradation_lib.experiments`) and their stored runs:
-  :func:`available_results`, :func:`load_results`, :func:`run_shard`.
+  :func:`available_results`, :func:`load_results`, :func:`run_shard`;
+* :func:`gloro_net_from_keras`, :func:`convert_authors_model`: the paper authors' Keras GloRo nets
+  as our GloroNets (``degradation_lib.convert``).
 """
 
 from .certifier import ABSTAIN, Certifier, check_eps, check_input, check_norm, predict_with_defense, resolve_device
@@ -27,6 +29,15 @@ from .metrics import Rate, clopper_pearson, degradation_report, rate, upper_boun
 from .registry import available_models, load_model, model_metadata
 from .results import PointResults, ResultsFileError, merge
 from . import published
+
+_LAZY = {"convert_authors_model": "convert", "gloro_net_from_keras": "convert", "read_keras_h5": "convert"}
+
+
+def __getattr__(name):  # lazy: `python -m degradation_lib.convert` must not find it imported already
+    if name in _LAZY:
+        import importlib
+        return getattr(importlib.import_module(f".{_LAZY[name]}", __name__), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 __version__ = "0.1.0"
 
