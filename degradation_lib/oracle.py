@@ -746,8 +746,12 @@ def evaluate_oracle_defense(certifier: Certifier, oracle: MembershipOracle, x: t
     return PointResults(columns, info)
 
 
-RESULTS_DIR = Path(__file__).resolve().parent.parent / "results" / "12_membership_oracle"
-"""Where the page's stored per-point runs live (committed): ``MODEL_nN.npz``."""
+RESULTS_DIR = Path(__file__).resolve().parent / "results" / "oracle"
+"""Where the page's stored per-point runs live (committed): ``MODEL_nN.npz``, with a provenance
+manifest (:func:`~degradation_lib.results.make_manifest`). A subfolder of the results store, so
+that the store's registry (``available_results``, whose runs are recomputed point by point by
+``tests/test_store.py``) does not list these runs: their attacks draw from one generator per
+batch, not per point."""
 
 
 def run_stored(model: str, num_points: int, eps: float, *, oracle: str = "mnist_ae", shard_size: int = 50,
@@ -764,8 +768,8 @@ def run_stored(model: str, num_points: int, eps: float, *, oracle: str = "mnist_
     results.
     """
     from .data import load_mnist
-    from .registry import load_model
-    from .results import PointResults, merge
+    from .registry import CHECKPOINT_DIR, load_model
+    from .results import PointResults, file_sha256, make_manifest, merge
 
     out_dir = Path(out_dir) if out_dir is not None else RESULTS_DIR
     num_points = _check_int(num_points, "num_points", 1)
@@ -793,6 +797,12 @@ def run_stored(model: str, num_points: int, eps: float, *, oracle: str = "mnist_
                                                 false_alarm=false_alarm if false_alarm is not None
                                                 else oracle_metadata(oracle)["false_alarm_target"]),
                                       **settings)
+        res.manifest = make_manifest(
+            params=dict(settings, eps=eps, num_points=num_points, shard_size=shard_size, false_alarm=false_alarm,
+                        threshold=orc.threshold),
+            model=model, weights_path=CHECKPOINT_DIR / f"{model}.pt", device=device, seed=settings.get("seed"),
+            wall_time_s=round(time.perf_counter() - t0, 1), oracle=oracle,
+            oracle_sha256=file_sha256(ORACLE_DIR / f"{oracle}.pt"))
         res.save(path)
         parts.append(res)
         log(f"{model}: shard {k} (points {start}-{stop}) in {time.perf_counter() - t0:.0f} s")

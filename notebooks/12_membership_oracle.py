@@ -211,7 +211,7 @@ glue("n_ood", num_ood, display=False)
 # on an $\epsilon$-PGD adversarial example against the true label; the adaptive attack described
 # below; and the forward and backward passes each answer cost. The search budget is
 # {glue:text}`steps` steps × {glue:text}`restarts` restarts. The run is stored
-# (`results/12_membership_oracle/`) and read here; `-p recompute True` recomputes it (about an
+# (`degradation_lib/results/oracle/`) and read here; `-p recompute True` recomputes it (about an
 # hour on a 2-core CPU for both models).
 
 # %%
