@@ -211,8 +211,9 @@ glue("n_ood", num_ood, display=False)
 # on an $\epsilon$-PGD adversarial example against the true label; the adaptive attack described
 # below; and the forward and backward passes each answer cost. The search budget is
 # {glue:text}`steps` steps × {glue:text}`restarts` restarts. The run is stored
-# (`degradation_lib/results/oracle/`) and read here; `-p recompute True` recomputes it (about an
-# hour on a 2-core CPU for both models).
+# (`degradation_lib/results/oracle/`, with a manifest of how it was computed) and read here;
+# `-p recompute True` recomputes it ({glue:text}`run_minutes:.0f` minutes of compute on one
+# thread of the shared 2-core CPU for both models, as recorded in the manifests).
 
 # %%
 eps_of = {name: TABLE1_GLORO[name]["eps"] for name in models}
@@ -231,6 +232,7 @@ for name in models:
 
 # %% tags=["remove-input"]
 glue("num_points", num_points, display=False)
+glue("run_minutes", sum(r.manifest.get("wall_time_s") or float("nan") for r in results.values()) / 60, display=False)
 glue("steps", steps, display=False)
 glue("restarts", restarts, display=False)
 
