@@ -10,7 +10,7 @@ STAMP := $(VENV)/.installed
 NOTEBOOKS := $(sort $(wildcard notebooks/[0-9][0-9]_*.py))
 IPYNBS := $(NOTEBOOKS:.py=.ipynb)
 
-.PHONY: book test venv notebooks test-lib test-notebooks test-book clean
+.PHONY: book test venv notebooks test-lib test-notebooks test-book clean bench
 
 venv: $(STAMP)
 
@@ -48,6 +48,11 @@ test-book: $(STAMP)
 # so that the run ends with pytest's summary line.
 test: test-book $(STAMP)
 	$(BIN)/python -m pytest -q -p no:cacheprovider --nbval --nbval-current-env --nbval-sanitize-with tests/nbval_sanitize.cfg --durations=15 tests $(IPYNBS)
+
+# Speed benchmarks (not part of `make test`): one JSON of ratios in benchmarks/results/
+# (tests/benchmarks/run_bench.py --help; BENCH_ARGS="--device cuda" on a GPU machine).
+bench: $(STAMP)
+	OMP_NUM_THREADS=$${OMP_NUM_THREADS:-1} $(BIN)/python tests/benchmarks/run_bench.py $(BENCH_ARGS)
 
 clean:
 	rm -rf _build
