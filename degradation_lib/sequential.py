@@ -176,6 +176,20 @@ def sequential_decisions(counts_at_looks, looks, sigma: float, eps: float, alpha
     return dict(decision=decision, n_used=n_used)
 
 
+def _sample_subset(smoothed: SmoothedClassifier, x: torch.Tensor, rows: np.ndarray, size: int) -> torch.Tensor:
+    """Votes ``[len(rows), C]`` of ``size`` fresh samples for the inputs ``x[rows]``; with one generator
+    per input (a sequence, see :class:`SmoothedClassifier`), each row keeps its own generator."""
+    idx = torch.as_tensor(rows, device=x.device)
+    gens = smoothed.generator
+    if not isinstance(gens, (list, tuple)):
+        return smoothed.sample_counts(x.index_select(0, idx), (size,))[0]
+    smoothed.generator = [gens[i] for i in rows]
+    try:
+        return smoothed.sample_counts(x.index_select(0, idx), (size,))[0]
+    finally:
+        smoothed.generator = gens
+
+
 @torch.no_grad()
 def sequential_certify(smoothed: SmoothedClassifier, x: torch.Tensor, eps: float, *, alpha: float | None = None,
                        beta: float | None = None, first_look: int = 32, growth: float = 2.0,
@@ -184,7 +198,8 @@ def sequential_certify(smoothed: SmoothedClassifier, x: torch.Tensor, eps: float
 
     Args:
         smoothed: the :class:`SmoothedClassifier` (its σ, n0, n, batch size and generator are used;
-            the budget per input is its n0 + n samples).
+            the budget per input is its n0 + n samples). With one generator per input, each
+            input's answer depends only on its own generator (not on the other inputs).
         x: inputs ``[N, ...]`` in [0, 1]; the sampling runs on ``x.device``.
         eps: the ℓ2 radius ε > 0 to certify ("radius > ε", as CERTIFY).
         alpha: total failure probability α ∈ (0, 1); default the classifier's α.
@@ -209,7 +224,10 @@ def sequential_certify(smoothed: SmoothedClassifier, x: torch.Tensor, eps: float
     K = len(looks)
     alphas = alpha_spending(alpha, K, final_share)
     N = x.shape[0]
-    guess = smoothed.sample_counts(x, (smoothed.n0,))[0].argmax(dim=1)
+    if isinstance(smoothed.generator, (list, tuple)) and len(smoothed.generator) != N:
+        raise ValueError(f"generator: a sequence needs one torch.Generator per input ({N}), "
+                         f"got {len(smoothed.generator)}")
+    guess = _sample_subset(smoothed, x, np.arange(N), smoothed.n0).argmax(dim=1)
     guess_np = guess.cpu().numpy()
     n_A = np.zeros(N, dtype=np.int64)
     n_used = np.zeros(N, dtype=np.int64)
@@ -220,7 +238,7 @@ def sequential_certify(smoothed: SmoothedClassifier, x: torch.Tensor, eps: float
         if open_.size == 0:
             break
         idx = torch.as_tensor(open_, device=x.device)
-        counts = smoothed.sample_counts(x.index_select(0, idx), (int(looks[k]) - previous,))[0]
+        counts = _sample_subset(smoothed, x, open_, int(looks[k]) - previous)
         n_A[open_] += counts.gather(1, guess.index_select(0, idx)[:, None])[:, 0].cpu().numpy()
         n_used[open_] = looks[k]
         d = decide_look(n_A[open_], int(looks[k]), alphas[k], beta / (K - 1) if k < K - 1 else None,

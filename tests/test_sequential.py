@@ -150,3 +150,18 @@ def test_smoothed_classifier_sequential_option():
 def test_bad_arguments_raise(kwargs, match):
     with pytest.raises(ValueError, match=match):
         sequential_certify(smoothed(n=100), point_at(0.2)[None], **kwargs)
+
+
+def test_per_input_generators_make_each_answer_independent_of_the_batch():
+    x = torch.stack([point_at(r) for r in (0.5, 0.01, 0.02, -0.3)])
+    gens = lambda seeds: [torch.Generator().manual_seed(s) for s in seeds]
+    clf = smoothed(n=4096)
+    clf.generator = gens([1, 2, 3, 4])
+    both = sequential_certify(clf, x, EPS)
+    clf.generator = gens([2, 3])
+    alone = sequential_certify(clf, x[1:3], EPS)
+    for k in ("decision", "n_A", "n_used", "guess"):
+        assert torch.equal(both[k][1:3], alone[k]), k
+    clf.generator = gens([1])
+    with pytest.raises(ValueError, match="generator"):
+        sequential_certify(clf, x, EPS)
