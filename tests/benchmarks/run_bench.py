@@ -120,10 +120,12 @@ def noise_and_forward(model, x, sigma, per_image, chunk, gen):
     """The floor: noisy samples x + ζ and bare forward passes (+ argmax), ``chunk`` rows at a time."""
     flat = x.reshape(x.shape[0], -1)
     total = x.shape[0] * per_image
-    for start in range(0, total, chunk):
-        m = min(chunk, total - start, per_image - start % per_image)   # chunks stay within an image
+    start = 0
+    while start < total:
+        m = min(chunk, per_image - start % per_image)                  # chunks stay within an image
         noisy = torch.randn((m, flat.shape[1]), generator=gen, device=x.device).mul_(sigma).add_(flat[start // per_image])
         model(noisy.view(m, *x.shape[1:])).argmax(1)
+        start += m
 
 
 @torch.no_grad()
