@@ -193,7 +193,7 @@ glue("nb_table", nb.style.set_uuid("nbtimes").format({"wall time (s)": "{:.0f}"}
 # ```
 #
 # The pages take {glue:text}`nb_total_s:.0f` s together; the slowest is
-# `{glue:text}`nb_slowest``.
+# {glue:text}`nb_slowest`.
 
 # %% [markdown]
 # ## A sequential ε-check for randomized smoothing
