@@ -10,7 +10,7 @@ STAMP := $(VENV)/.installed
 NOTEBOOKS := $(sort $(wildcard notebooks/[0-9][0-9]_*.py))
 IPYNBS := $(NOTEBOOKS:.py=.ipynb)
 
-.PHONY: book test venv notebooks test-lib test-notebooks test-book clean lab page check-browser
+.PHONY: book test venv notebooks test-lib test-notebooks test-book clean lab page check-browser bench
 
 venv: $(STAMP)
 
@@ -69,6 +69,11 @@ page: $(STAMP)
 check-browser: $(STAMP)
 	@test -f _build/html/index.html || $(MAKE) book
 	$(BIN)/python tools/check_browser.py
+
+# Speed benchmarks (not part of `make test`): one JSON of ratios in benchmarks/results/
+# (tests/benchmarks/run_bench.py --help; BENCH_ARGS="--device cuda" on a GPU machine).
+bench: $(STAMP)
+	OMP_NUM_THREADS=$${OMP_NUM_THREADS:-1} $(BIN)/python tests/benchmarks/run_bench.py $(BENCH_ARGS)
 
 clean:
 	rm -rf _build

@@ -684,6 +684,10 @@ def main(argv=None) -> int:
     r.add_argument("--param", action="append", default=[], help="key=value experiment parameter (repeatable)")
     r.add_argument("--tag", default=None, help="suffix of the store name")
     r.add_argument("--threads", type=int, default=None, help="torch.set_num_threads")
+    r.add_argument("--scheduler", default=None,
+                   help="run the shards as Dask tasks: 'local' (a LocalCluster) or tcp://HOST:8786 (degradation_lib.distributed)")
+    r.add_argument("--tasks", type=int, default=None, help="shard tasks with --scheduler (default: 4 per worker)")
+    r.add_argument("--workers", type=int, default=2, help="LocalCluster processes (1 thread each) with --scheduler local")
     m = sub.add_parser("merge", help="merge the shards of a run into the store")
     m.add_argument("name")
     s = sub.add_parser("show", help="summary and manifest of a stored run")
@@ -741,6 +745,16 @@ def main(argv=None) -> int:
             raise SystemExit(f"--shard must be i/n, got {args.shard!r}") from None
     indices = parse_indices(args.indices) if args.indices else None
     name = result_name(args.experiment, args.model, args.tag)
+    if args.scheduler:                                    # Dask: all shards as tasks, merged into the store
+        if args.shard:
+            raise SystemExit("--shard and --scheduler exclude each other (the scheduler runs all shards)")
+        from .distributed import run_experiment
+        res = run_experiment(args.experiment, args.model, args.tasks or 4 * args.workers, args.scheduler,
+                             workers=args.workers, indices=indices, num_images=args.num_images, seed=args.seed,
+                             device=args.device, **params)
+        path = res.save(RESULTS_DIR / f"{name}.npz")
+        print(f"{len(res)} points, {res.manifest.get('wall_time_s', float('nan')):.1f} s in tasks -> {path}")
+        return 0
     tag = f"shard_{shard_i}_of_{num_shards}"
     ckpt = PARTIAL_DIR / name / f"{tag}.checkpoint.npz"
     command = " ".join(shlex.quote(a) for a in ["python", "-m", "degradation_lib.experiments"] + sys.argv[1:]) \

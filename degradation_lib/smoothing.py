@@ -117,6 +117,11 @@ class SmoothedClassifier(Certifier):
             of k instead of d normals and one k×k instead of one k×d product per sample --
             about 2-3× faster for a 784-256-128 MLP. Off by default: the default path works
             for any network and draws the input noise itself.
+        sequential: make :meth:`certify` (the ε-check of Algorithm 2.1) the sequential test of
+            :func:`degradation_lib.sequential.sequential_certify`: the same guarantee (a wrong
+            "certified" answer with probability ≤ α), at most n0 + n samples per input, stopping
+            as soon as "radius > ε" or "not within the budget" is clear. :meth:`certified_radius`
+            and :meth:`certify_details` stay fixed-n CERTIFY. Off by default.
 
     ``norm`` is 2: the radius is an ℓ2 radius. The guarantees are probabilistic: each answer is
     wrong with probability at most α over the noise (Section 4 of the paper notes this is usually
@@ -127,7 +132,7 @@ class SmoothedClassifier(Certifier):
 
     def __init__(self, base_model: nn.Module, num_classes: int, sigma: float, n0: int = 100,
                  n: int = 100_000, alpha: float = 0.001, batch_size: int = DEFAULT_BATCH_SIZE,
-                 generator: torch.Generator | None = None, pushforward: bool = False):
+                 generator: torch.Generator | None = None, pushforward: bool = False, sequential: bool = False):
         if not isinstance(base_model, nn.Module):
             raise ValueError(f"base_model must be a torch.nn.Module, got {type(base_model).__name__}")
         if isinstance(num_classes, bool) or not isinstance(num_classes, (int, np.integer)) or num_classes < 2:
@@ -145,6 +150,7 @@ class SmoothedClassifier(Certifier):
         self.batch_size = _check_count(batch_size, "batch_size")
         self.generator = generator
         self.pushforward = bool(pushforward)
+        self.sequential = bool(sequential)
         if self.pushforward:
             split_linear_first_layer(base_model)     # raises ValueError when not applicable
 
@@ -257,6 +263,18 @@ class SmoothedClassifier(Certifier):
         """
         d = self.certify_details(x)
         return d["label"], d["radius"]
+
+    def certify(self, x: torch.Tensor, eps: float) -> torch.Tensor:
+        """The ε-check of Algorithm 2.1: ĉ_A where certified at ε, ``ABSTAIN`` elsewhere, int64 ``[N]``.
+
+        Fixed-n CERTIFY then "radius > ε" by default; the sequential test
+        (:func:`degradation_lib.sequential.sequential_certify`, same guarantee) when the classifier
+        was built with ``sequential=True``.
+        """
+        if not self.sequential:
+            return super().certify(x, eps)
+        from .sequential import sequential_certify        # sequential imports this module
+        return sequential_certify(self, x, eps)["label"]
 
     def predict(self, x: torch.Tensor) -> torch.Tensor:
         """PREDICT (Cohen et al., 2019): g(x) from ``n`` samples per input, int64 ``[N]``.

@@ -1,0 +1,164 @@
+"""Measurement: the sequential ε-check vs fixed-n CERTIFY on the MNIST smoothed models (paired).
+
+    OMP_NUM_THREADS=1 nohup nice -n 5 .venv/bin/python tests/benchmarks/bench_sequential.py record &
+    .venv/bin/python tests/benchmarks/bench_sequential.py summary      # -> benchmarks/results/sequential-mnist.json
+
+``record``: for every ``--skip``-th MNIST test image and each (model, ε) of the paper's setting
+(σ = 0.25 and 0.5 at ε = σ; σ = 1.0 at ε = 0.5), draws CERTIFY's n0 selection samples and then
+one stream of n = 100,000 estimation samples with the library's sampler
+(``SmoothedClassifier.sample_counts``, one sample set per segment between the looks 16, 32, ...,
+65,536, 100,000), and stores the prefix counts C_k of the guess ĉ_A at those looks. The fixed-n
+answer is CERTIFY on all n samples (C_K); the sequential answer is the test replayed on the
+prefixes of the *same* stream (:func:`degradation_lib.sequential.sequential_decisions`), which is
+distributed exactly as a live run, so the two are compared on the same noise (a paired
+comparison: disagreements come from the procedures, not from independent Monte-Carlo noise).
+Resumable: per-model ``.npz`` files in ``runs/sequential/`` grow chunk by chunk.
+
+``live``: ``sequential_certify`` itself (fresh noise) on the first ``--live-images`` test images,
+for the distribution of samples per input and the wall time against fixed-n CERTIFY.
+
+``summary``: replays the test at the default schedule, writes the JSON of results.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+import degradation_lib as dl
+from degradation_lib.sequential import CERTIFIED, look_schedule, sequential_certify, sequential_decisions
+from degradation_lib.smoothing import p_A_lower, radius_from_p_A_lower
+
+ROOT = Path(__file__).resolve().parents[2]
+RUNS = ROOT / "runs" / "sequential"
+OUT = ROOT / "benchmarks" / "results" / "sequential-mnist.json"
+SETTINGS = [("mnist_smooth_0.25", 0.25), ("mnist_smooth_0.5", 0.5), ("mnist_smooth_1.0", 0.5)]
+FINE_LOOKS = look_schedule(100_000, 16, 2)        # 16, 32, ..., 65536, 100000
+
+
+def record(args):
+    torch.set_num_threads(args.threads)
+    x_all, y_all = dl.load_mnist("test")
+    index = np.arange(0, len(x_all), args.skip)[: args.images]
+    RUNS.mkdir(parents=True, exist_ok=True)
+    models = {name: dl.load_model(name, "cpu") for name, _ in SETTINGS}
+    while True:                          # one chunk of images per model in turn (all models progress)
+        progressed = False
+        for name, clf in models.items():
+            path = RUNS / f"{name}.npz"
+            done = dict(np.load(path)) if path.exists() else None
+            start = 0 if done is None else len(done["index"])
+            if start >= len(index):
+                continue
+            progressed = True
+            sizes = [clf.n0] + list(np.diff(np.concatenate([[0], FINE_LOOKS])))
+            chunk = index[start:start + args.chunk]
+            clf.generator = torch.Generator().manual_seed(args.seed * 1_000_003 + start)   # resumable
+            t0 = time.perf_counter()
+            counts = clf.sample_counts(x_all[chunk], sizes)               # [S, M, C]
+            seconds = time.perf_counter() - t0 + (0.0 if done is None else float(done["seconds"]))
+            guess = counts[0].argmax(1)
+            per_set = counts[1:].gather(2, guess[None, :, None].expand(len(sizes) - 1, -1, 1))[..., 0]
+            new = dict(index=chunk, label=y_all[chunk].numpy(), guess=guess.numpy(),
+                       prefix=per_set.cumsum(0).T.numpy())                # [M, K]
+            if done is not None:
+                new = {k: np.concatenate([done[k], new[k]]) for k in new}
+            new["seconds"] = np.array(seconds)
+            np.savez(path, **new)
+            print(f"{name}: {len(new['index'])}/{len(index)} images, {seconds:.0f} s", flush=True)
+        if not progressed:
+            break
+
+
+def live(args):
+    torch.set_num_threads(args.threads)
+    x_all, _ = dl.load_mnist("test")
+    x = x_all[: args.live_images]
+    out = {}
+    for name, eps in SETTINGS:
+        clf = dl.load_model(name, "cpu")
+        clf.generator = torch.Generator().manual_seed(args.seed)
+        t0 = time.perf_counter()
+        d = sequential_certify(clf, x, eps)
+        t_seq = time.perf_counter() - t0
+        out[name] = dict(eps=eps, images=len(x), seconds=t_seq, samples=d["samples"].numpy().tolist(),
+                         certified=int((d["decision"] == CERTIFIED).sum()))
+        print(f"{name} eps={eps}: {len(x)} images in {t_seq:.1f} s, mean samples {d['samples'].double().mean():.0f}",
+              flush=True)
+    RUNS.mkdir(parents=True, exist_ok=True)
+    (RUNS / "live.json").write_text(json.dumps(out))
+
+
+def summary(args):
+    result = dict(description="sequential eps-check vs fixed-n CERTIFY (n0=100, n=100000, alpha=0.001) on the "
+                              "MNIST smoothed models, paired on the same sample stream",
+                  command="tests/benchmarks/bench_sequential.py record/live/summary",
+                  torch=torch.__version__, machine=platform.machine(), threads=args.threads, models={})
+    live_path = RUNS / "live.json"
+    live_data = json.loads(live_path.read_text()) if live_path.exists() else {}
+    for name, eps in SETTINGS:
+        path = RUNS / f"{name}.npz"
+        if not path.exists():
+            continue
+        d = dict(np.load(path))
+        clf = dl.load_model(name, "cpu")
+        sigma, n0, n, alpha = clf.sigma, clf.n0, clf.n, clf.alpha
+        looks = look_schedule(n)                                       # the default schedule
+        cols = [int(np.flatnonzero(FINE_LOOKS == m)[0]) for m in looks]
+        seq = sequential_decisions(d["prefix"][:, cols], looks, sigma, eps, alpha)
+        n_A = d["prefix"][:, -1]
+        fixed_cert = radius_from_p_A_lower(p_A_lower(n_A, n, alpha), sigma) > eps
+        seq_cert = seq["decision"] == CERTIFIED
+        samples = seq["n_used"] + n0
+        agree = fixed_cert == seq_cert
+        correct = d["guess"] == d["label"]
+        entry = dict(eps=eps, sigma=sigma, n0=n0, n=n, alpha=alpha, images=int(len(n_A)),
+                     test_indices=f"every {int(d['index'][1] - d['index'][0]) if len(n_A) > 1 else 1}th test image from 0",
+                     looks=looks.tolist(),
+                     fixed_samples_per_input=n0 + n,
+                     mean_samples=float(samples.mean()), median_samples=float(np.median(samples)),
+                     quantiles_samples={q: float(np.quantile(samples, q)) for q in (0.5, 0.9, 0.95, 0.99)},
+                     max_samples=int(samples.max()),
+                     fraction_full_budget=float((seq["n_used"] == n).mean()),
+                     savings=float((n0 + n) / samples.mean()),
+                     agreement=float(agree.mean()), disagreements=int((~agree).sum()),
+                     fixed_only=int((fixed_cert & ~seq_cert).sum()), sequential_only=int((seq_cert & ~fixed_cert).sum()),
+                     certified_accuracy_fixed=float((fixed_cert & correct).mean()),
+                     certified_accuracy_sequential=float((seq_cert & correct).mean()),
+                     samples=samples.tolist(), fixed_certified=fixed_cert.astype(int).tolist(),
+                     record_seconds=float(d["seconds"]))
+        if name in live_data:
+            L = live_data[name]
+            s = np.asarray(L["samples"])
+            entry["live"] = dict(images=L["images"], seconds=L["seconds"], mean_samples=float(s.mean()),
+                                 savings=float((n0 + n) / s.mean()), certified=L["certified"],
+                                 samples=L["samples"])
+        result["models"][f"{name}@{eps}"] = entry
+        print(f"{name} eps={eps}: {entry['images']} images, mean samples {entry['mean_samples']:.0f} "
+              f"({entry['savings']:.0f}x fewer), agreement {entry['agreement']:.4f} ({entry['disagreements']} differ)")
+    OUT.parent.mkdir(parents=True, exist_ok=True)
+    OUT.write_text(json.dumps(result, indent=1))
+    print(f"wrote {OUT}")
+
+
+def main():
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("step", choices=["record", "live", "summary"])
+    p.add_argument("--images", type=int, default=200, help="test images (record)")
+    p.add_argument("--skip", type=int, default=50, help="every skip-th test image (record)")
+    p.add_argument("--chunk", type=int, default=10, help="images per checkpoint (record)")
+    p.add_argument("--live-images", type=int, default=1000, help="test images of the live run")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--threads", type=int, default=1)
+    args = p.parse_args()
+    dict(record=record, live=live, summary=summary)[args.step](args)
+
+
+if __name__ == "__main__":
+    main()
