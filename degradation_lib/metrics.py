@@ -217,8 +217,58 @@ def upper_bound(radius, correct, eps, alpha: float = 0.05) -> dict[str, np.ndarr
     return upper_bound_curve(radius, correct, eps, strict=True, alpha=alpha)
 
 
+def bounds_from_results(columns, alpha: float = 0.05) -> dict:
+    """Lower and upper bounds on the false-positive rate from one stored per-point run (Section 3.3).
+
+    ``columns`` maps names to ``[N]`` arrays, as a results-store run (:class:`PointResults`) does:
+    ``label`` (true label), ``cert_label`` (the certifier's label at x, ``ABSTAIN`` = ⊥),
+    ``certified`` and ``certified_2eps`` (bool: certified at ε, resp. 2ε), and per attack ``a``
+    a column ``rejected_a`` (bool: the defense rejects the attack input x'). With
+    test_R = correct and certified at ε:
+
+    * ``vra``, ``vra_2eps``: |test_R| / N and |correct and certified at 2ε| / N;
+    * ``upper_bound``: the correct points certified at ε but not at 2ε, out of |test_R|
+      (Section 3.3.2, on exactly these points);
+    * ``fpr``: per attack, |test_R ∩ rejected| / |test_R| (the lower bound of Section 3.3.1), and
+      ``fpr["best"]``: a point counts when any attack degrades it;
+    * ``beyond_bound``: per attack, how many points certified at 2ε were still degraded (0 for a
+      monotone, deterministic certifier; Appendix A).
+
+    Every rate is a :class:`Rate` with its (1 − alpha) Clopper-Pearson interval.
+
+    Raises:
+        ValueError: a required column is missing or columns differ in length.
+    """
+    need = ("label", "cert_label", "certified", "certified_2eps")
+    names = list(columns.columns) if hasattr(columns, "columns") else list(columns)
+    missing = [k for k in need if k not in names]
+    if missing:
+        raise ValueError(f"columns is missing {missing}; it needs {list(need)} and rejected_<attack> columns")
+    arr = {k: np.asarray(columns[k]) for k in names if k in need or k.startswith("rejected_")}
+    lengths = {len(v) for v in arr.values()}
+    if len(lengths) != 1:
+        raise ValueError(f"columns must have equal lengths, got {sorted(lengths)}")
+    correct = arr["cert_label"] == arr["label"]
+    R = torch.as_tensor(correct & arr["certified"].astype(bool))
+    safe = torch.as_tensor(correct & arr["certified_2eps"].astype(bool))
+    ones = torch.ones_like(R)
+    attacks = sorted(k[len("rejected_"):] for k in arr if k.startswith("rejected_"))
+    fpr, beyond = {}, {}
+    best = torch.zeros_like(R)
+    for a in attacks:
+        rej = torch.as_tensor(arr[f"rejected_{a}"].astype(bool))
+        best |= rej
+        fpr[a] = rate(rej, R, alpha)
+        beyond[a] = int((rej & R & safe).sum())
+    if attacks:
+        fpr["best"] = rate(best, R, alpha)
+        beyond["best"] = int((best & R & safe).sum())
+    return dict(n=int(R.numel()), vra=rate(R, ones, alpha), vra_2eps=rate(safe, ones, alpha),
+                upper_bound=rate(R & ~safe, R, alpha), fpr=fpr, beyond_bound=beyond)
+
+
 __all__ = ["clopper_pearson", "Rate", "rate", "test_R", "test_A", "DegradationReport",
-           "degradation_report", "upper_bound", "upper_bound_curve"]
+           "degradation_report", "upper_bound", "upper_bound_curve", "bounds_from_results"]
 
 # These are metric names from the paper, not tests: keep pytest from collecting them.
 test_R.__test__ = False

@@ -128,3 +128,32 @@ def test_published_radii_give_the_papers_upper_bounds():
         d = published.rs_log("cifar10", sigma)
         got = upper_bound_curve(d["radius"], d["correct"], 0.25, strict=False)["upper_bound"][0]
         assert round(float(got), 3) == want, (sigma, got)
+
+
+def test_bounds_from_results_by_hand():
+    """Six points worked out on paper (⊥ = ABSTAIN = −1).
+
+    idx             0  1  2  3  4  5
+    label           0  1  2  3  4  5
+    cert_label      0  1  2  9  4  ⊥
+    certified       T  T  T  T  F  F     test_R (correct & certified): 0 1 2 → 3
+    certified_2eps  T  F  F  T  F  F     safe among test_R: 0 → upper bound 2/3
+    rejected_a      F  T  F  T  T  F     in test_R: 1 → FPR(a) = 1/3
+    rejected_b      T  F  T  F  F  F     in test_R: 0 2 → FPR(b) = 2/3, 0 is certified at 2ε: beyond 1
+    best (a or b)                        in test_R: 0 1 2 → 3/3
+    """
+    from degradation_lib import ABSTAIN
+    from degradation_lib.metrics import bounds_from_results
+    cols = dict(label=np.arange(6), cert_label=np.array([0, 1, 2, 9, 4, ABSTAIN]),
+                certified=np.array([1, 1, 1, 1, 0, 0], bool), certified_2eps=np.array([1, 0, 0, 1, 0, 0], bool),
+                rejected_a=np.array([0, 1, 0, 1, 1, 0], bool), rejected_b=np.array([1, 0, 1, 0, 0, 0], bool))
+    out = bounds_from_results(cols)
+    assert out["n"] == 6
+    assert (out["vra"].k, out["vra"].n) == (3, 6) and (out["vra_2eps"].k, out["vra_2eps"].n) == (1, 6)
+    assert (out["upper_bound"].k, out["upper_bound"].n) == (2, 3)
+    assert {a: (r.k, r.n) for a, r in out["fpr"].items()} == {"a": (1, 3), "b": (2, 3), "best": (3, 3)}
+    assert out["beyond_bound"] == {"a": 0, "b": 1, "best": 1}
+    with pytest.raises(ValueError, match="missing"):
+        bounds_from_results({k: v for k, v in cols.items() if k != "certified_2eps"})
+    with pytest.raises(ValueError, match="equal lengths"):
+        bounds_from_results(dict(cols, rejected_a=np.zeros(5, bool)))
