@@ -8,7 +8,9 @@ Public API (re-exported here):
 * :func:`load_mnist`, :func:`load_cifar10`;
 * :class:`LinearCertifier`, the exact certifier for linear classifiers;
 * :func:`project` (Algorithm 3.1's projection) and the attacks;
-* metrics with Clopper–Pearson intervals, per-point results that merge across shards.
+* metrics with Clopper–Pearson intervals, per-point results that merge across shards;
+* :func:`gloro_net_from_keras`, :func:`convert_authors_model`: the paper authors' Keras GloRo nets
+  as our GloroNets (``degradation_lib.convert``).
 """
 
 from .certifier import ABSTAIN, Certifier, check_eps, check_input, check_norm, predict_with_defense, resolve_device
@@ -25,5 +27,14 @@ from .metrics import Rate, bounds_from_results, clopper_pearson, degradation_rep
 from .registry import available_models, load_model, model_metadata
 from .results import PointResults, merge
 from . import published
+
+_LAZY = {"convert_authors_model": "convert", "gloro_net_from_keras": "convert", "read_keras_h5": "convert"}
+
+
+def __getattr__(name):  # lazy: `python -m degradation_lib.convert` must not find it imported already
+    if name in _LAZY:
+        import importlib
+        return getattr(importlib.import_module(f".{_LAZY[name]}", __name__), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 __version__ = "0.1.0"
