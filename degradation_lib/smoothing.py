@@ -92,6 +92,11 @@ class SmoothedClassifier(Certifier):
         generator: ``torch.Generator`` all noise is drawn from (on the device of the inputs, or
             on the CPU, then moved); ``None`` draws from torch's global generator. Two
             classifiers whose generators start from the same seed give identical answers.
+            May also be a sequence of N generators, one per input of the next call: input i's
+            noise then comes from ``generator[i]`` alone (inputs are sampled one at a time), so
+            its answer does not depend on the batch it is in -- how the experiment runner
+            (:mod:`degradation_lib.experiments`) makes sharded smoothing runs reproducible
+            point by point from (seed, index).
         pushforward: for a base network that starts with a linear layer (``nn.Sequential`` of
             an optional ``nn.Flatten`` then ``nn.Linear`` W, b), sample that layer's output
             directly: W(x + ζ) + b ~ N(Wx + b, σ² W Wᵀ), drawn as Wx + b + σ·L ξ with
@@ -115,8 +120,10 @@ class SmoothedClassifier(Certifier):
             raise ValueError(f"base_model must be a torch.nn.Module, got {type(base_model).__name__}")
         if isinstance(num_classes, bool) or not isinstance(num_classes, (int, np.integer)) or num_classes < 2:
             raise ValueError(f"num_classes must be an integer >= 2, got {num_classes!r}")
-        if generator is not None and not isinstance(generator, torch.Generator):
-            raise ValueError(f"generator must be a torch.Generator or None, got {type(generator).__name__}")
+        if generator is not None and not isinstance(generator, torch.Generator) and not (
+                isinstance(generator, (list, tuple)) and all(isinstance(g, torch.Generator) for g in generator)):
+            raise ValueError(f"generator must be a torch.Generator, a sequence of them (one per input) or None, "
+                             f"got {type(generator).__name__}")
         self.model = base_model
         self.num_classes = int(num_classes)
         self.sigma = check_eps(sigma, "sigma")
@@ -157,6 +164,20 @@ class SmoothedClassifier(Certifier):
             int64 ``[len(sizes), N, C]`` counts (each row of the last axis sums to its size).
         """
         sizes = [int(s) for s in sizes]
+        gens = self.generator
+        if isinstance(gens, (list, tuple)):               # one generator per input: one input at a time
+            if len(gens) != x.shape[0]:
+                raise ValueError(f"generator: a sequence needs one torch.Generator per input ({x.shape[0]}), "
+                                 f"got {len(gens)}")
+            parts = []
+            try:
+                for i, g in enumerate(gens):
+                    self.generator = g
+                    parts.append(self.sample_counts(x[i:i + 1], sizes))
+            finally:
+                self.generator = gens
+            return torch.cat(parts, dim=1) if parts else torch.zeros(len(sizes), 0, self.num_classes,
+                                                                     dtype=torch.int64, device=x.device)
         N, C, S = x.shape[0], self.num_classes, len(sizes)
         per = sum(sizes)                                  # samples per input
         total = N * per
