@@ -68,7 +68,7 @@ PAIRS = [  # (setting, source, model trained at ε, model trained at 2ε)
     ("mnist_1.58", "authors' radii", "mnist_1.58_N", "mnist_1.58_Y"),
     ("cifar10_0.141", "authors' radii", "cifar10_0.14_N", "cifar10_0.14_Y"),
 ]
-stored = set(getattr(dl, "available_results", lambda: [])())  # TEMP-SHIM
+stored = set(dl.available_results())
 ATTACK_RUNS = ("table1", "table3", "rejection")
 
 
