@@ -129,6 +129,9 @@ for key, c in curves.items():
                                                                     0.1 if c["family"] == "linf" else 0.5)
     ok = c["correct"]
     c["eval_ties"] = int(np.sum(ok & ((c["radius"] == eps0) | (c["radius"] == 2 * eps0))))
+    both = [upper_bound_curve(c["radius"], ok, eps0, strict=st)["upper_bound"][0] for st in (True, False)]
+    c["eval_delta"] = float(abs(both[0] - both[1]))
+    c["eval_eps"] = eps0
     c["top_ties"] = int(np.sum(ok & (c["radius"] == c["radius"][ok].max())))
 
 # %% tags=["remove-input"]
@@ -138,8 +141,32 @@ sources = pd.DataFrame([{"curve": k, "source": c["source"], "points": len(c["rad
                          "grid radii where ≥ and > differ": len(c["grid_ties"]),
                          "correct points sharing the largest radius": c["top_ties"]}
                         for k, c in curves.items()]).set_index("curve")
-glue("max_eval_ties", int(sources["ties at the evaluation radius"].max()), display=False)
+
+
+def tie_note(k, c):
+    change = "bound unchanged" if c["eval_delta"] == 0 else f"bound changed by {c['eval_delta']:.4f}"
+    return f"{k}: {c['eval_ties']} at ε = {c['eval_eps']:g}, {change}"
+
+
+eval_tied = [tie_note(k, c) for k, c in curves.items() if c["eval_ties"]]
+glue("eval_tied", "; ".join(eval_tied) if eval_tied else "none", display=False)
+glue("n_eval_tied", len(eval_tied), display=False)
+max_delta = max(c["eval_delta"] for c in curves.values())
+glue("eval_delta_sentence", "and the other convention leaves every value at an evaluation radius unchanged"
+     if max_delta == 0 else f"and the other convention moves a value there by at most {max_delta:.4f}", display=False)
 glue("n_curves", len(curves), display=False)
+# which convention reproduces the paper where the two differ at an evaluation radius
+paper_value = {f"authors {st}{sfx}": UPPER_BOUNDS_GLORO[st][i] for st in GLORO_EPS for i, sfx in enumerate(("_N", "_Y"))}
+paper_value.update({f"Cohen cifar10 σ={sg}": v for sg, v in UPPER_BOUNDS_SMOOTHING_CIFAR10.items()})
+decided = []
+for k, c in curves.items():
+    if k in paper_value and c["eval_delta"] > 0:
+        ge, gt = (upper_bound_curve(c["radius"], c["correct"], c["eval_eps"], strict=st)["upper_bound"][0]
+                  for st in (False, True))
+        assert round(ge, 3) == paper_value[k] != round(gt, 3), k   # only r ≥ ε gives the paper's value
+        decided.append(f"{k} at ε = {c['eval_eps']:g}: r ≥ ε gives {ge:.3f}, the paper's value, r > ε gives {gt:.3f}")
+glue("convention_decided", "; ".join(decided) if decided else "no published curve with a paper value has such a tie",
+     display=False)
 detail = []
 for k, c in curves.items():
     if len(c["grid_ties"]):
@@ -155,9 +182,11 @@ glue("tie_detail", "; ".join(detail) if detail else "none", display=False)
 display(sources)
 
 # %% [markdown]
-# At the evaluation radii no correct point has a radius equal to $\epsilon$ or $2\epsilon$ (at most
-# {glue:text}`max_eval_ties:d` over the {glue:text}`n_curves:d` curves), so the paper's numbers do
-# not depend on the convention. On the grids the two conventions differ for
+# At the evaluation radii, {glue:text}`n_eval_tied:d` of the {glue:text}`n_curves:d` curves have a
+# correct point whose radius is exactly $\epsilon$ or $2\epsilon$ ({glue:text}`eval_tied`),
+# {glue:text}`eval_delta_sentence`. Such a tie also tells which convention the paper used
+# ({glue:text}`convention_decided`): the paper counts a point certified at $\epsilon$ when
+# $r \ge \epsilon$, as its formula says. On the grids the two conventions differ for
 # {glue:text}`n_tie_curves:d` curves ({glue:text}`tie_detail`). Cohen et al.'s logs print radii
 # with three significant digits, so radii fall on grid radii, and CERTIFY gives every point with unanimous
 # votes the same, largest radius; the authors' GloRo files tie only at the largest radius of a
@@ -317,9 +346,11 @@ display(vra_table)
 # {glue:text}`vra_released_mnist_1.58:.1%`, Table 1 reports {glue:text}`vra_table1_mnist_1.58:.1%`;
 # at $\epsilon = 0.3$, {glue:text}`vra_released_mnist_0.3:.1%` against
 # {glue:text}`vra_table1_mnist_0.3:.1%`; for CIFAR-10, {glue:text}`vra_released_cifar10_0.141:.1%`
-# against {glue:text}`vra_table1_cifar10_0.141:.1%`. The released radii are therefore not (all)
-# from the models of Table 1; the upper bounds of Figure 2 are computed from the released radii and
-# the lower bounds of Table 1 from the attacked models, so a ratio of the two mixes two models.
+# against {glue:text}`vra_table1_cifar10_0.141:.1%`. Where they disagree, the released radii and
+# the attacked models of Table 1 are not the same runs (or were not evaluated the same way): the
+# upper bounds of Figure 2 come from the released radii and the lower bounds of Table 1 from the
+# attacked models, so the paper's ratio of the two ("¼ to ½") may mix two models. Below, both
+# bounds are measured on the same points of the same model.
 
 # %% [markdown]
 # ## Figure 3: randomized smoothing

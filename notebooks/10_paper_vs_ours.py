@@ -72,7 +72,7 @@ NO_DATA = "No model or data for this row is available here."
 NOT_RUN = "The results store holds no run for this row yet."
 
 
-def verdict(paper_value, ours_rate=None, exact=None, digits=3, absent=NO_DATA):
+def verdict(paper_value, ours_rate=None, exact=None, digits=3, absent=NO_DATA, frac=False):
     """Agrees / differs / ours only / not reproduced (or not run), and a sentence."""
     if ours_rate is None and exact is None:
         return ("not reproduced" if absent == NO_DATA else "not run"), absent
@@ -85,15 +85,16 @@ def verdict(paper_value, ours_rate=None, exact=None, digits=3, absent=NO_DATA):
                 + (" (equal to the paper's precision)." if same else "."))
     v, lo, hi = ours_rate.value, ours_rate.lo, ours_rate.hi
     inside = lo <= paper_value <= hi
-    diff = 100 * (v - paper_value)
+    show = (lambda x: f"{x:.3f}") if frac else (lambda x: f"{x:.1%}")
+    gap = f"{abs(v - paper_value):.3f}" if frac else f"{100 * abs(v - paper_value):.1f} points"
     return ("agrees" if inside else "differs",
-            f"Ours is {abs(diff):.1f} points {'above' if diff > 0 else 'below'} the paper; the paper's value lies "
-            f"{'inside' if inside else 'outside'} our interval [{lo:.1%}, {hi:.1%}] (n = {ours_rate.n}).")
+            f"Ours is {gap} {'above' if v > paper_value else 'below'} the paper's {show(paper_value)}; the paper's "
+            f"value lies {'inside' if inside else 'outside'} our interval [{show(lo)}, {show(hi)}] (n = {ours_rate.n}).")
 
 
 def add(item, quantity, source, paper_value, ours_rate=None, exact=None, note="", absent=NO_DATA, frac=False):
     """One row; ``frac`` shows values as 3-decimal fractions (upper bounds, as the paper quotes them)."""
-    status, sentence = verdict(paper_value, ours_rate, exact, absent=absent)
+    status, sentence = verdict(paper_value, ours_rate, exact, absent=absent, frac=frac)
     show = (lambda v: f"{v:.3f}") if frac or exact is not None else (lambda v: f"{v:.1%}")
     if ours_rate is not None:
         ours = f"{show(ours_rate.value)} [{show(ours_rate.lo)}, {show(ours_rate.hi)}]"
@@ -199,8 +200,9 @@ for setting, eps in GLORO_EPS.items():
                         row = add(f"Section 4.1, {setting}", f"{q}, trained at 2ε vs at ε", f"{source} ({m_2eps} vs {m_eps})",
                                   None, dl.Rate(int(cv[k][0]), len(r), alpha))
                         row["sentence"] = (f"Training at 2ε {'raises' if mine > other else 'lowers'} the {q} from "
-                                           f"{other:.1%} ({m_eps}) to {mine:.1%}; the paper gives no number, only that "
-                                           "the VRA is not significantly affected.")
+                                           f"{other:.1%} ({m_eps}) to {mine:.1%}"
+                                           + ("; the paper gives no number, only that the VRA is not significantly "
+                                              "affected." if q == "VRA at ε" else "."))
 
 # ---- Figure 3: smoothing -------------------------------------------------------------------------
 for sigma, paper_ub in paper.UPPER_BOUNDS_SMOOTHING_CIFAR10.items():
