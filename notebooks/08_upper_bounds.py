@@ -74,6 +74,7 @@ from degradation_lib.paper import (APPENDIX_C_KW, ATTACK_SHARE_OF_UPPER_BOUND, G
 GLORO_EPS = {"mnist_0.3": 0.3, "mnist_1.58": 1.58, "cifar10_0.141": 36 / 255}   # the paper's evaluation radii
 PUBLISHED_FILE = {"mnist_0.3": "mnist_0.3", "mnist_1.58": "mnist_1.58", "cifar10_0.141": "cifar10_0.14"}
 OUR_GLORO = {"mnist_0.3": ("mnist_0.3", "mnist_0.3_2eps"), "mnist_1.58": ("mnist_1.58", "mnist_1.58_2eps")}
+AUTHORS_MODELS = {"mnist_0.3": ("mnist_0.3_authors", "mnist_0.3_2eps_authors")}   # converted to this library
 SMOOTH_SIGMAS = {"cifar10": (0.12, 0.25, 0.5, 1.0), "imagenet": (0.25, 0.5, 1.0), "mnist": (0.25, 0.5, 1.0)}
 stored = set(dl.available_results())
 
@@ -91,12 +92,13 @@ for setting, eps in GLORO_EPS.items():
         curves[f"authors {setting}{suffix}"] = dict(
             radius=d["radius"], correct=d["correct"], strict=False, source="authors' radii", family="gloro",
             dataset=setting.split("_")[0], setting=setting, trained=trained)
-    for model, trained in zip(OUR_GLORO.get(setting, ()), ("ε", "2ε")):
-        res = ours("radii", model)
-        if res is not None:
-            curves[f"ours {model}"] = dict(
-                radius=res["radius"], correct=res["cert_label"] == res["label"], strict=True, source="our model",
-                family="gloro", dataset="mnist", setting=setting, trained=trained, model=model)
+    for models, source in ((OUR_GLORO, "our model"), (AUTHORS_MODELS, "authors' model")):
+        for model, trained in zip(models.get(setting, ()), ("ε", "2ε")):
+            res = ours("radii", model)
+            if res is not None:
+                curves[f"{'ours' if source == 'our model' else 'converted'} {model}"] = dict(
+                    radius=res["radius"], correct=res["cert_label"] == res["label"], strict=True, source=source,
+                    family="gloro", dataset="mnist", setting=setting, trained=trained, model=model)
 for dataset in ("cifar10", "imagenet"):
     for sigma in SMOOTH_SIGMAS[dataset]:
         d = published.rs_log(dataset, sigma)
@@ -198,10 +200,12 @@ display(sources)
 # For each GloRo net, the upper bound on the false-positive rate (top) and the VRA (bottom)
 # against the radius $\epsilon$, for the models trained at $\epsilon$ and at $2\epsilon$ (the
 # defense of Section 4.1, see {ref}`09-radius-doubling`). Solid lines: the authors' radii; dashed:
-# ours (MNIST only: the paper's CIFAR-10 models are not public and no CIFAR-10 copy is installable
-# here). Dotted vertical lines mark the paper's evaluation radii, crosses the paper's values there.
+# our models; dotted: the authors' MNIST $\epsilon = 0.3$ models converted to this library and
+# certified here (they should lie on the solid lines). MNIST only for the last two: the paper's
+# CIFAR-10 models are not public and no CIFAR-10 copy is installable here. Dotted vertical lines
+# mark the paper's evaluation radii, crosses the paper's values there.
 
-# %% mystnb={"figure": {"caption": "Figure 2 of the paper, recomputed. Top: upper bound on the false-positive rate of any degradation attack, 1 \u2212 P[r \u2265 2\u03b5]/P[r \u2265 \u03b5] over correct points (shaded: 95 % Clopper\u2013Pearson interval, where at least 50 points are certified); bottom: VRA at \u03b5. Colours: the paper's settings, trained at \u03b5 (dark) or at 2\u03b5 (light); solid: the authors' published radii, dashed: our models. Dotted lines: the paper's evaluation radii; crosses: the paper's upper bounds.", "name": "fig-upper-bounds-gloro"}}
+# %% mystnb={"figure": {"caption": "Figure 2 of the paper, recomputed. Top: upper bound on the false-positive rate of any degradation attack, 1 \u2212 P[r \u2265 2\u03b5]/P[r \u2265 \u03b5] over correct points (shaded: 95 % Clopper\u2013Pearson interval, where at least 50 points are certified); bottom: VRA at \u03b5. Colours: the paper's settings, trained at \u03b5 (dark) or at 2\u03b5 (light); solid: the authors' published radii, dashed: our models, dotted: the authors' models converted and certified here. Dotted lines: the paper's evaluation radii; crosses: the paper's upper bounds.", "name": "fig-upper-bounds-gloro"}}
 MIN_SHADE = 50   # shade the interval only where at least this many points are certified at ε
 
 
@@ -220,8 +224,9 @@ for col, dataset in enumerate(("mnist", "cifar10")):
         if c["family"] != "gloro" or c["dataset"] != dataset:
             continue
         cv, color = c["curve"], COLOR[(c["setting"], c["trained"])]
-        ls = "-" if c["source"] == "authors' radii" else "--"
-        label = f"{c['setting']} trained at {c['trained']} ({'authors' if ls == '-' else 'ours: ' + c['model']})"
+        ls = {"authors' radii": "-", "our model": "--", "authors' model": ":"}[c["source"]]
+        label = f"{c['setting']} trained at {c['trained']} " + {"-": "(authors' radii)", "--": f"(ours: {c.get('model')})",
+                                                                 ":": f"(authors' model, converted: {c.get('model')})"}[ls]
         defined = cv["n_eps"] > 0
         axes[0, col].plot(cv["eps"][defined], cv["upper_bound"][defined], ls, color=color, label=label)
         shade = cv["n_eps"] >= MIN_SHADE

@@ -159,19 +159,27 @@ for setting, source, m_eps, m_2eps in PAIRS:
 glue("pair_sentences", "\n".join(sentences), display=False)
 display(Markdown("\n".join(sentences)))
 
-# %% [markdown]
-# In every pair the model trained at $2\epsilon$ has the lower upper bound and the higher VRA at
-# $2\epsilon$: far fewer correct points sit in the band $\epsilon < r \le 2\epsilon$ that a
-# degradation attack can exploit. Whether it pays for this with VRA at $\epsilon$ depends on the
-# pair (the sentences above); the paper reports no significant loss of VRA for its models. The
-# cell below checks the direction of the upper bound for every pair.
-
-# %%
+# %% tags=["hide-input"]
+EQUAL_BUDGET = {("mnist_0.3", "our models"): True, ("mnist_1.58", "our models"): False}   # see the budgets below
+better, worse = [], []
 for setting, source, m_eps, m_2eps in PAIRS:
     a, b = by.get((setting, source, "ε")), by.get((setting, source, "2ε"))
-    if a is not None and b is not None:
-        assert b["upper_bound"].value < a["upper_bound"].value, (setting, source)
-        assert b["vra_2eps"].value > a["vra_2eps"].value, (setting, source)
+    if a is None or b is None:
+        continue
+    ok = b["upper_bound"].value < a["upper_bound"].value and b["vra_2eps"].value > a["vra_2eps"].value
+    (better if ok else worse).append(f"{setting} ({source})")
+    if EQUAL_BUDGET.get((setting, source), True):   # the authors' pairs: 500 epochs each
+        assert ok, (setting, source)
+glue("pairs_better", ", ".join(better) if better else "none", display=False)
+glue("pairs_worse", ", ".join(worse) if worse else "none", display=False)
+
+# %% [markdown]
+# The model trained at $2\epsilon$ has both the lower upper bound and the higher VRA at $2\epsilon$
+# for: {glue:text}`pairs_better`; not for: {glue:text}`pairs_worse`. Where the twins were trained
+# with equal budgets (the authors' pairs and our MNIST $\epsilon = 0.3$ pair) the cell above asserts
+# it: far fewer correct points sit in the band $\epsilon < r \le 2\epsilon$ that a degradation
+# attack can exploit. Whether the defense costs VRA at $\epsilon$ depends on the pair (the sentences
+# above); the paper reports no significant loss of VRA for its models.
 
 # %% [markdown]
 # ### Equal training budgets
