@@ -522,7 +522,7 @@ def run_shard(name: str, model: str, shard_i: int = 0, num_shards: int = 1, *, i
             cols = {"index": np.zeros(0, dtype=np.int64)}
         return PointResults(cols, dict(meta), manifest)
 
-    from tqdm.auto import tqdm
+    from tqdm import tqdm
 
     bar = tqdm(total=int(sum(len(b) for b in mine)), desc=f"{name} {model} shard {shard_i}/{num_shards}",
                disable=not progress, unit="pt")

@@ -225,3 +225,17 @@ def test_rescale_to_radius_and_authors_attack():
     assert xp.min() < 0 or xp.max() > 1             # MNIST has saturated pixels: x' leaves [0, 1]
     with pytest.raises(ValueError, match="bounds"):
         pgd(c, xt[:2], 0.6, bounds=(1.0, 0.0))
+
+
+def test_find_stored_matches_parameters_seed_and_points(tmp_path, table1_full):
+    res = PointResults(dict(table1_full.columns), {k: v for k, v in table1_full.meta.items() if k != "shard"},
+                       table1_full.manifest)
+    res.save(tmp_path / "table1-mnist_0.3.npz")
+    got = E.find_stored("table1", "mnist_0.3", indices=IDX[[4, 2]], results_dir=tmp_path, steps=10)
+    assert got is not None and np.array_equal(got["index"], IDX[[4, 2]])
+    assert np.array_equal(got["rejected_alg31"], table1_full["rejected_alg31"][[4, 2]])
+    assert E.find_stored("table1", "mnist_0.3", results_dir=tmp_path, steps=10) is not None
+    assert E.find_stored("table1", "mnist_0.3", results_dir=tmp_path, steps=50) is None       # other params
+    assert E.find_stored("table1", "mnist_0.3", results_dir=tmp_path, steps=10, seed=1) is None
+    assert E.find_stored("table1", "mnist_0.3", indices=[1], results_dir=tmp_path, steps=10) is None  # not stored
+    assert E.find_stored("table3", "mnist_0.3", results_dir=tmp_path, steps=10) is None
