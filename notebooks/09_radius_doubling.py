@@ -15,7 +15,7 @@
 
 # %% [markdown] papermill={"duration": 0.005765, "end_time": "2026-11-27T09:10:44.104475+00:00", "exception": false, "start_time": "2026-11-27T09:10:44.098710+00:00", "status": "completed"}
 # (09-radius-doubling)=
-# # Radius doubling: training and validating at $2\epsilon$ (Section 4.1)
+# # Radius doubling: training and validating at 2ε (Section 4.1)
 #
 # Section 4.1 of the paper {cite}`degradation2022` proposes the first defense against
 # degradation attacks: train (and validate) a certifiably robust model at *twice* the radius the
