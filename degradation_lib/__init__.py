@@ -27,7 +27,7 @@ from .attacks import (authors_gloro_attack, default_attack, degradation_attack, 
 from .smoothing import SmoothedClassifier
 from .spgd import SPGD, spgd_degradation_attack
 from .linf import LinfCertifier, compute_bounds, input_box, interval_bounds, margin_spec, mnist_small_net
-from .metrics import Rate, clopper_pearson, degradation_report, rate, upper_bound
+from .metrics import Rate, bounds_from_results, clopper_pearson, degradation_report, rate, upper_bound, upper_bound_curve
 from .registry import available_models, load_model, model_metadata
 from .results import PointResults, ResultsFileError, merge
 from . import published

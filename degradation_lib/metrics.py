@@ -7,7 +7,8 @@ Notation (Section 3.3): for a test set with labels y,
 * false-positive rate = |test_A| / |test_R|; utility reduction = |test_A| / |test|;
 * upper bound (Section 3.3.2, tight for monotone certifiers, Appendix A):
   1 − P[r > 2ε] / P[r > ε] over correct points, r the certified radius (a point is certified at
-  ε exactly when r > ε, the library's convention).
+  ε exactly when r > ε, the library's convention; :func:`upper_bound_curve` also takes the
+  paper's r ≥ ε). One pass of radii gives the bound and the VRA on a whole grid of ε.
 
 Every rate is a :class:`Rate`: a count k out of n with an exact two-sided Clopper–Pearson
 interval at confidence 1 − α.
@@ -141,10 +142,71 @@ def degradation_report(y, certified_labels, attacked_labels, certified_labels_2e
     )
 
 
-def upper_bound(radius, correct, eps, alpha: float = 0.05) -> dict[str, np.ndarray]:
-    """Upper bound on the false-positive rate, 1 − P[r > 2ε]/P[r > ε], over a grid of ε.
+def upper_bound_curve(radius, correct, eps_grid, strict: bool = True, alpha: float = 0.05) -> dict[str, np.ndarray]:
+    """The false-positive-rate upper bound and the VRA over a grid of radii, from one pass of radii.
 
-    One certification pass gives the radii; this evaluates any number of radii at once.
+    Section 3.3.2 (Figures 2-3, Table 5): with r(x) the certified radius (ℓ2 for GloRo and
+    randomized smoothing, ℓ∞ for the Wong-Kolter certifier; the norm is the certifier's, this
+    function only compares numbers), the share of correct points certified at ε but not at 2ε,
+
+        upper bound(ε) = 1 − #{correct, r ⋗ 2ε} / #{correct, r ⋗ ε},
+
+    bounds the false-positive rate of *any* degradation attack of radius ε, and equals the best
+    attack's rate for a monotone certifier (Appendix A). ``⋗`` is ``>`` when ``strict`` (the
+    library's convention: certified at ε exactly when r > ε) and ``≥`` otherwise (the convention of
+    the paper's formula, of the authors' released GloRo radii and of Cohen et al.'s ``analyze.py``).
+    The two differ only at points whose radius equals ε or 2ε exactly.
+
+    The radii are sorted once and every grid point is a binary search, so the cost is
+    O((N + E) log N): one certification pass gives the whole curve, no re-certification per ε.
+
+    Args:
+        radius: float ``[N]`` certified radii (0 where the certifier abstains), no NaN.
+        correct: bool ``[N]``: the certifier's label equals the true label.
+        eps_grid: scalar or ``[E]`` radii ε, each positive and finite.
+        strict: ``True`` for r > ε, ``False`` for r ≥ ε.
+        alpha: the Clopper-Pearson intervals have confidence 1 − alpha, in (0, 1).
+
+    Returns:
+        dict of numpy ``[E]`` arrays: ``eps``; ``upper_bound`` (NaN where nothing is certified at ε)
+        with its Clopper-Pearson ``lo``/``hi``; the counts ``n_eps`` = |test_R| (correct, certified
+        at ε), ``n_2eps`` (correct, certified at 2ε), ``n_lost`` = ``n_eps − n_2eps``; ``vra`` =
+        ``n_eps / N`` with ``vra_lo``/``vra_hi``, ``vra_2eps`` = ``n_2eps / N``; and ``n`` = N.
+
+    Raises:
+        ValueError: radius and correct of different lengths, a NaN radius, an ε that is not
+            positive and finite, alpha outside (0, 1).
+    """
+    if not 0 < alpha < 1:
+        raise ValueError(f"alpha must be in (0, 1), got {alpha!r}")
+    r = np.asarray(torch.as_tensor(radius).detach().cpu(), dtype=np.float64).ravel()
+    ok = np.asarray(torch.as_tensor(correct).detach().cpu(), dtype=bool).ravel()
+    if r.shape != ok.shape:
+        raise ValueError(f"radius and correct must have the same length, got {r.size} and {ok.size}")
+    if np.isnan(r).any():
+        raise ValueError("radius must not contain NaN (use 0 where the certifier abstains)")
+    eps_arr = np.atleast_1d(np.asarray(eps_grid, dtype=np.float64)).ravel()
+    if eps_arr.size == 0 or np.any(~np.isfinite(eps_arr)) or np.any(eps_arr <= 0):
+        raise ValueError("eps_grid must be a non-empty set of positive, finite radii")
+    rc = np.sort(r[ok])
+    side = "right" if strict else "left"   # #{r > t} = N − #{r ≤ t}; #{r ≥ t} = N − #{r < t}
+    above = lambda t: rc.size - np.searchsorted(rc, t, side=side)
+    n_eps = above(eps_arr)
+    n_2eps = above(2 * eps_arr)
+    n_lost = n_eps - n_2eps
+    with np.errstate(invalid="ignore", divide="ignore"):
+        ub = np.where(n_eps > 0, n_lost / np.maximum(n_eps, 1), np.nan)
+    lo, hi = clopper_pearson(n_lost, n_eps, alpha)
+    n_total = r.size
+    vra_lo, vra_hi = clopper_pearson(n_eps, np.full_like(n_eps, n_total), alpha)
+    return dict(eps=eps_arr, upper_bound=ub, lo=lo, hi=hi, n_eps=n_eps, n_2eps=n_2eps, n_lost=n_lost,
+                vra=n_eps / max(n_total, 1), vra_lo=vra_lo, vra_hi=vra_hi,
+                vra_2eps=n_2eps / max(n_total, 1), n=np.full_like(n_eps, n_total))
+
+
+def upper_bound(radius, correct, eps, alpha: float = 0.05) -> dict[str, np.ndarray]:
+    """Upper bound 1 − P[r > 2ε]/P[r > ε] over a grid of ε: :func:`upper_bound_curve` with
+    ``strict=True`` (the library's convention, certified at ε exactly when r > ε).
 
     Args:
         radius: float ``[N]`` certified radii (0 where not certified).
@@ -152,33 +214,64 @@ def upper_bound(radius, correct, eps, alpha: float = 0.05) -> dict[str, np.ndarr
         eps: scalar or ``[E]`` grid of ε.
 
     Returns:
-        dict of numpy ``[E]`` arrays: ``eps``, ``upper_bound`` (NaN where nothing is certified at
-        ε), its Clopper–Pearson ``lo``/``hi``, counts ``n_eps`` = |test_R| and ``n_lost`` =
-        |{correct, ε < r ≤ 2ε}|, ``vra`` and ``vra_2eps``.
+        The dict of :func:`upper_bound_curve` (``eps``, ``upper_bound``, ``lo``, ``hi``, ``n_eps``,
+        ``n_2eps``, ``n_lost``, ``vra``, ``vra_lo``, ``vra_hi``, ``vra_2eps``, ``n``).
     """
-    r = torch.as_tensor(radius, dtype=torch.float64).flatten()
-    ok = torch.as_tensor(correct, dtype=torch.bool).flatten()
-    if r.shape != ok.shape:
-        raise ValueError(f"radius and correct must have the same length, got {r.numel()} and {ok.numel()}")
-    eps_arr = np.atleast_1d(np.asarray(eps, dtype=np.float64))
-    if np.any(~np.isfinite(eps_arr)) or np.any(eps_arr <= 0):
-        raise ValueError("eps must be positive and finite")
-    rc = np.sort(r[ok].numpy())
-    n_total = r.numel()
-    # count of correct radii strictly greater than t: len − searchsorted(right)
-    above = lambda t: rc.size - np.searchsorted(rc, t, side="right")
-    n_eps = above(eps_arr)
-    n_2eps = above(2 * eps_arr)
-    n_lost = n_eps - n_2eps
-    with np.errstate(invalid="ignore", divide="ignore"):
-        ub = np.where(n_eps > 0, n_lost / np.maximum(n_eps, 1), np.nan)
-    lo, hi = clopper_pearson(n_lost, n_eps, alpha)
-    return dict(eps=eps_arr, upper_bound=ub, lo=lo, hi=hi, n_eps=n_eps, n_lost=n_lost,
-                vra=n_eps / max(n_total, 1), vra_2eps=n_2eps / max(n_total, 1))
+    return upper_bound_curve(radius, correct, eps, strict=True, alpha=alpha)
+
+
+def bounds_from_results(columns, alpha: float = 0.05) -> dict:
+    """Lower and upper bounds on the false-positive rate from one stored per-point run (Section 3.3).
+
+    ``columns`` maps names to ``[N]`` arrays, as a results-store run (:class:`PointResults`) does:
+    ``label`` (true label), ``cert_label`` (the certifier's label at x, ``ABSTAIN`` = ⊥),
+    ``certified`` and ``certified_2eps`` (bool: certified at ε, resp. 2ε), and per attack ``a``
+    a column ``rejected_a`` (bool: the defense rejects the attack input x'). With
+    test_R = correct and certified at ε:
+
+    * ``vra``, ``vra_2eps``: |test_R| / N and |correct and certified at 2ε| / N;
+    * ``upper_bound``: the correct points certified at ε but not at 2ε, out of |test_R|
+      (Section 3.3.2, on exactly these points);
+    * ``fpr``: per attack, |test_R ∩ rejected| / |test_R| (the lower bound of Section 3.3.1), and
+      ``fpr["best"]``: a point counts when any attack degrades it;
+    * ``beyond_bound``: per attack, how many points certified at 2ε were still degraded (0 for a
+      monotone, deterministic certifier; Appendix A).
+
+    Every rate is a :class:`Rate` with its (1 − alpha) Clopper-Pearson interval.
+
+    Raises:
+        ValueError: a required column is missing or columns differ in length.
+    """
+    need = ("label", "cert_label", "certified", "certified_2eps")
+    names = list(columns.columns) if hasattr(columns, "columns") else list(columns)
+    missing = [k for k in need if k not in names]
+    if missing:
+        raise ValueError(f"columns is missing {missing}; it needs {list(need)} and rejected_<attack> columns")
+    arr = {k: np.asarray(columns[k]) for k in names if k in need or k.startswith("rejected_")}
+    lengths = {len(v) for v in arr.values()}
+    if len(lengths) != 1:
+        raise ValueError(f"columns must have equal lengths, got {sorted(lengths)}")
+    correct = arr["cert_label"] == arr["label"]
+    R = torch.as_tensor(correct & arr["certified"].astype(bool))
+    safe = torch.as_tensor(correct & arr["certified_2eps"].astype(bool))
+    ones = torch.ones_like(R)
+    attacks = sorted(k[len("rejected_"):] for k in arr if k.startswith("rejected_"))
+    fpr, beyond = {}, {}
+    best = torch.zeros_like(R)
+    for a in attacks:
+        rej = torch.as_tensor(arr[f"rejected_{a}"].astype(bool))
+        best |= rej
+        fpr[a] = rate(rej, R, alpha)
+        beyond[a] = int((rej & R & safe).sum())
+    if attacks:
+        fpr["best"] = rate(best, R, alpha)
+        beyond["best"] = int((best & R & safe).sum())
+    return dict(n=int(R.numel()), vra=rate(R, ones, alpha), vra_2eps=rate(safe, ones, alpha),
+                upper_bound=rate(R & ~safe, R, alpha), fpr=fpr, beyond_bound=beyond)
 
 
 __all__ = ["clopper_pearson", "Rate", "rate", "test_R", "test_A", "DegradationReport",
-           "degradation_report", "upper_bound"]
+           "degradation_report", "upper_bound", "upper_bound_curve", "bounds_from_results"]
 
 # These are metric names from the paper, not tests: keep pytest from collecting them.
 test_R.__test__ = False

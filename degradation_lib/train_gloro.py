@@ -68,7 +68,7 @@ CONFIGS: dict[str, dict] = {
     # ε ramp over 30 % of the steps with the lr decay after it, as their committed models record.
     "mnist_0.3": dict(arch="2C2F", eps=0.3, train_eps=0.33, lam=0.1, epochs=20, batch_size=128,
                       lr=1e-3, lr_end=1e-5, ramp_fraction=0.3, eps_start_fraction=0.01, power_steps=1),
-    "mnist_0.3_2eps": dict(arch="2C2F", eps=0.6, train_eps=0.66, lam=2.0, epochs=12, batch_size=128,
+    "mnist_0.3_2eps": dict(arch="2C2F", eps=0.6, train_eps=0.66, lam=2.0, epochs=20, batch_size=128,
                            lr=1e-3, lr_end=1e-5, ramp_fraction=0.3, eps_start_fraction=0.01, power_steps=1,
                            eval_eps=[0.3, 0.6]),
     "mnist_1.58": dict(arch="4C3F", eps=1.58, train_eps=1.74, lam=1.5, epochs=55, batch_size=128,
