@@ -716,12 +716,16 @@ class GloroCertifier(Certifier):
         if x.dtype != cdt:  # the certificate is about the rounded input; move it back to x
             shift = torch.linalg.vector_norm((x.double() - x.to(cdt).double()).flatten(1), dim=1)
             radius = radius - shift.to(radius.device) * (1 + 1e-12)
-        return j, radius.clamp_min(0)
+        radius = radius.clamp_min(0)
+        # returned in the model's dtype (as the logits were), rounded toward 0 so it stays a bound
+        out = radius.to(p.dtype)
+        out = torch.where(out.double() > radius, torch.nextafter(out, torch.zeros_like(out)), out)
+        return j, out
 
     def certified_radius(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """``(labels, radius)``: argmax ``[N]`` and a sound r(x) ≤ min_{i≠j} (y_j − y_i)/K_ij ``[N]``.
 
-        ℓ2, float64, ≥ 0. f is (ε, ℓ2)-locally robust at x for every ε < r(x), for the network
+        ℓ2, ≥ 0, in the model's dtype (computed in float64, rounded toward 0). f is (ε, ℓ2)-locally robust at x for every ε < r(x), for the network
         in exact arithmetic: the constants are proven upper bounds and the margins are lowered by
         a proven bound on the forward pass's rounding error (class docstring).
         """
