@@ -525,27 +525,53 @@ class GloroCertifier(Certifier):
         ok = aug.gather(1, j[:, None]).squeeze(1) > aug[:, -1]
         return torch.where(ok, j, torch.full_like(j, ABSTAIN))
 
-    def rejection_loss(self, x: torch.Tensor, labels: torch.Tensor, eps: float) -> torch.Tensor:
-        """GloRo's rejection score at ε for the given labels, differentiable in ``x``: ``[N]``.
+    monotone = True          # Lipschitz-based (Lemma 8)
+    per_class_scores = True
 
-        s(x) = max_{i≠l} (y_i + ε·K_li) − y_l with l = ``labels`` (K constant, converged), i.e.
-        the ⊥ logit built around l minus l's logit. s(x) < 0 exactly when ``certify(x, eps)``
-        returns l; s(x) > 0 implies it does not (it abstains or predicts another class). This is
-        the optional hook that :func:`degradation_lib.attacks.rejection_pgd` ascends (Section 3:
-        the degradation attack wants the certifier to reject, not the label to change).
+    @property
+    def num_classes(self) -> int:
+        return self.model.num_classes
+
+    @property
+    def input_shape(self) -> tuple:
+        return self.model.input_shape
+
+    def rejection_score(self, x: torch.Tensor, eps: float, labels: torch.Tensor | None = None,
+                        per_class: bool = False) -> torch.Tensor:
+        """GloRo's rejection score at ε, differentiable in ``x`` (the ⊥ margin).
+
+        s(x) = max_{i≠l} (y_i + ε·K_li) − y_l with l = ``labels`` (K constant, converged): the ⊥
+        logit built around l minus l's logit. s(x) < 0 exactly when ``certify(x, eps)`` returns
+        l (then l is also the top class); s(x) ≥ 0 when it abstains or predicts another class.
 
         Args:
             x: inputs ``[N, C, H, W]`` in [0, 1] (gradients flow through).
-            labels: int64 ``[N]`` class indices (the model's own prediction at the clean input).
             eps: ε > 0.
+            labels: int64 ``[N]`` class indices (default: the argmax at ``x``).
+            per_class: return ``[N, C]`` with entry i the target score y_i + ε·K_li − y_l
+                (−inf at i = l); its maximum over i is s(x).
+
+        Returns ``[N]`` (or ``[N, C]``) in the model's dtype, on the model's device.
         """
+        eps = check_eps(eps)
+        x = self._check(x)
+        y = self.model(self._to_model(x))
+        if labels is None:
+            labels = y.detach().argmax(dim=1)
+        labels = self._check_labels(labels, x.shape[0], y.device)
+        own = y.gather(1, labels[:, None])
+        if per_class:
+            return (y + eps * self.K[labels] - own).masked_fill(_top_mask(labels, y.shape[1]), -math.inf)
+        return _bottom_logit(y, self.K, eps, labels) - own[:, 0]
+
+    def rejection_loss(self, x: torch.Tensor, labels: torch.Tensor, eps: float) -> torch.Tensor:
+        """Former name of :meth:`rejection_score` (argument order ``x, labels, eps``); kept for
+        existing callers. ``labels`` are required here."""
         eps = check_eps(eps)
         x = self._check(x)
         if labels.shape != (x.shape[0],) or labels.dtype != torch.int64:
             raise ValueError(f"labels must be int64 of shape ({x.shape[0]},), got {labels.dtype} {tuple(labels.shape)}")
-        y = self.model(self._to_model(x))
-        labels = labels.to(y.device)
-        return _bottom_logit(y, self.K, eps, labels) - y.gather(1, labels[:, None])[:, 0]
+        return self.rejection_score(x, eps, labels)
 
     def to(self, device) -> "GloroCertifier":
         self.model.to(device)

@@ -133,6 +133,54 @@ class SmoothedClassifier(Certifier):
         return (f"SmoothedClassifier(sigma={self.sigma}, n0={self.n0}, n={self.n}, alpha={self.alpha}, "
                 f"batch_size={self.batch_size})")
 
+    # -- the certificate-aware attack's surrogate -------------------------------------------
+    monotone = True          # in the infinite-sample limit (Appendix A); w.h.p. in practice
+    score_is_exact = False   # CERTIFY's Monte Carlo test decides; the score is a surrogate
+
+    SCORE_SAMPLES = 128
+    """Noise samples per input of :meth:`rejection_score` (SmoothAdv used 1–128 per step)."""
+
+    def rejection_score(self, x: torch.Tensor, eps: float, labels: torch.Tensor | None = None,
+                        samples: int | None = None, generator: torch.Generator | None = None) -> torch.Tensor:
+        """A differentiable surrogate of CERTIFY's rejection at ε (SmoothAdv style).
+
+        s(x) = ε − σ·Φ⁻¹(p̂_l(x)), p̂_l the softmax probability of class l averaged over
+        ``samples`` noisy copies x + ζ, ζ ~ N(0, σ² I) (the softmax replaces the vote of the base
+        classifier, which has no gradient; Salman et al. 2019). s(x) ≥ 0 means the smoothed
+        radius estimated from p̂ is at most ε. The decision itself is CERTIFY with the
+        certifier's n (100,000 in the paper) and α: its radius σ·Φ⁻¹(p̲_A) uses a lower
+        confidence bound on the *vote* probability, so ``certify`` may reject where s < 0 and
+        certify where s ≥ 0 (``score_is_exact = False``).
+
+        Args:
+            x: inputs ``[N, ...]`` in [0, 1].
+            eps: ε > 0.
+            labels: int64 ``[N]`` (default: the argmax of p̂ at x).
+            samples: noise samples per input (default :attr:`SCORE_SAMPLES`).
+            generator: ``torch.Generator`` of the noise (default: the certifier's).
+
+        Returns ``[N]`` (float, on ``x``'s device); p̂ is clamped to [1e-6, 1 − 1e-6].
+        """
+        eps = check_eps(eps)
+        x = self._check(x)
+        m = self.SCORE_SAMPLES if samples is None else _check_count(samples, "samples")
+        saved = self.generator
+        if generator is not None:
+            if not isinstance(generator, torch.Generator):
+                raise ValueError(f"generator must be a torch.Generator or None, got {type(generator).__name__}")
+            self.generator = generator
+        try:
+            noise = self._noise((m, *x.shape), x)
+        finally:
+            self.generator = saved
+        noisy = (x.unsqueeze(0) + self.sigma * noise).reshape(m * x.shape[0], *x.shape[1:])
+        p = torch.softmax(self.model(noisy), dim=1).reshape(m, x.shape[0], -1).mean(dim=0)
+        if labels is None:
+            labels = p.detach().argmax(dim=1)
+        labels = self._check_labels(labels, x.shape[0], p.device)
+        p_l = p.gather(1, labels[:, None])[:, 0].clamp(1e-6, 1 - 1e-6)
+        return eps - self.sigma * torch.special.ndtri(p_l)
+
     # -- sampling ---------------------------------------------------------------------------
     def _noise(self, shape, like: torch.Tensor) -> torch.Tensor:
         g = self.generator
