@@ -395,10 +395,52 @@ class GloroBounds:
         return slack > margin, slack
 
 
+def smoothing_unattackable(radius, sigma: float, eps: float, n: int, alpha: float, n0: int = 100,
+                           beta: float = 1e-3):
+    """Points of a smoothed classifier that no x' in the ε-ball can make CERTIFY reject, w.h.p.
+
+    Infinite-sample statement (Cohen et al. 2019; Salman et al. 2019, Lemma 1): x ↦ Φ⁻¹(p_A(x))
+    is 1/σ-Lipschitz, so Φ⁻¹(p_A(x')) ≥ Φ⁻¹(p_A(x)) − ‖x' − x‖₂/σ: the smoothed radius drops by at
+    most ε on the ε-ball (tight for a linear base classifier). Hence in the limit, exactly the
+    points with true radius R(x) > 2ε are unattackable; the paper's upper bound uses CERTIFY's
+    R̲(x) ≤ R(x) instead (capped at σ·Φ⁻¹(α^{1/n}) ≈ 3.81σ for n = 100,000, α = 0.001).
+
+    Finite samples, from CERTIFY's answer at x (``radius`` = σ·Φ⁻¹(p̲_A(x)), p_A(x) ≥ p̲_A(x)
+    with probability ≥ 1 − α): every x' in the ball has p_A(x') ≥ q = Φ(Φ⁻¹(p̲_A(x)) − ε/σ).
+    CERTIFY at x' draws n fresh votes: with probability ≥ 1 − β, n_A' ≥ k = the β-quantile of
+    Bin(n, q), and it certifies at ε when its bound p̲(k) gives σ·Φ⁻¹(p̲(k)) > ε -- provided its
+    n0 selection votes pick c_A, which fails with probability ≤ P[Bin(n0, q) ≤ n0/2].
+
+    Args:
+        radius: ``[N]`` CERTIFY radii at x (0 where it abstained).
+        sigma, eps, n, alpha, n0: the smoothed classifier's σ, ε, CERTIFY's n, α, n0.
+        beta: allowed probability that CERTIFY's votes at x' fall below the β-quantile.
+
+    Returns ``(proof, failure)``: bool ``[N]`` (CERTIFY certifies every x' of the ball at ε with
+    probability ≥ 1 − ``failure``) and float ``[N]`` failure = α + β + P[Bin(n0, q) ≤ n0/2].
+    """
+    import numpy as np
+    from scipy.stats import binom, norm as normal
+    from .smoothing import p_A_lower
+
+    r = np.asarray(torch.as_tensor(radius).detach().cpu().double().numpy())
+    sigma, eps = check_eps(sigma, "sigma"), check_eps(eps)
+    certified = r > 0
+    p_low = np.where(certified, normal.cdf(r / sigma), 0.5)
+    q = normal.cdf(normal.ppf(p_low) - eps / sigma)
+    k = binom.ppf(beta, n, q).astype(np.int64)
+    p_after = p_A_lower(k, n, alpha)
+    with np.errstate(divide="ignore"):
+        r_after = sigma * normal.ppf(p_after)
+    proof = certified & (p_after > 0.5) & (r_after > eps)
+    failure = alpha + beta + binom.cdf(n0 // 2, n0, q)
+    return torch.as_tensor(proof), torch.as_tensor(failure)
+
+
 def F_minmax(z: torch.Tensor) -> torch.Tensor:
     """MinMax along dimension 1 (float64 reference; no custom autograd)."""
     a, b = z.chunk(2, dim=1)
     return torch.cat([torch.minimum(a, b), torch.maximum(a, b)], dim=1)
 
 
-__all__ = ["GloroBounds", "ball_box_min", "INTERMEDIATE"]
+__all__ = ["GloroBounds", "ball_box_min", "smoothing_unattackable", "INTERMEDIATE"]

@@ -133,6 +133,53 @@ def run_chunk(certifier, kind, x, y, eps, *, baseline: bool, seed: int, steps: i
                 timing=timing)
 
 
+def summarize(name: str, results_dir) -> dict:
+    """One row of notebook 11's table from the stored run ``results_dir/name.npz``.
+
+    Counts over ``test_R`` (correct and certified at ε): ``upper_bound`` (the paper's, points
+    not certified at 2ε), per attack its successes (check rejects x') and share of the upper
+    bound on the images it ran on (Algorithm 3.1 and ε-PGD: the baseline images), ``proof`` (points
+    of the upper bound that the sound bound proves unattackable: GloRo's ℓ2 bound, or for smoothing
+    :func:`~degradation_lib.bounds_l2.smoothing_unattackable` with β = 10⁻³), the tighter bound
+    (upper bound − proof), the certificate attack's share of it, and ``flipped`` (attack points
+    whose check returns another class: 0 for a sound certifier).
+    """
+    from pathlib import Path
+
+    res = PointResults.load(Path(results_dir) / f"{name}.npz")
+    meta = model_metadata(name)
+    eps = float(res.meta["eps"])
+    label, cert, cert2 = res["label"], res["certified"], res["certified_2eps"]
+    R = (cert == label) & (cert != ABSTAIN)
+    ub = R & (cert2 != label)
+    base = res["baseline"].astype(bool)
+    proof = res["unattackable"].astype(bool) & ub
+    if meta["kind"] == "smoothing":
+        from .bounds_l2 import smoothing_unattackable
+        c = meta["certifier"]
+        p, _ = smoothing_unattackable(res["radius"], float(c["sigma"]), eps, int(c.get("n", 100_000)),
+                                      float(c.get("alpha", 0.001)), int(c.get("n0", 100)))
+        proof = p.numpy() & ub
+    row = dict(model=name, kind=meta["kind"], eps=eps, images=len(res), test_R=int(R.sum()),
+               upper_bound=int(ub.sum()), baseline_images=int(base.sum()),
+               upper_bound_baseline=int((ub & base).sum()))
+    flipped = 0
+    for a in ("alg31", "eps_pgd", "cert"):
+        ran = base if a != "cert" else np.ones_like(base)
+        hit = R & ran & (res[a] == ABSTAIN)
+        row[a] = int(hit.sum()) if ran.any() else None
+        denom = int((ub & ran).sum())
+        row[f"{a}_share"] = (int(hit.sum()) / denom) if (ran.any() and denom) else float("nan")
+        flipped += int((R & ran & (res[a] != ABSTAIN) & (res[a] != NOT_ATTACKED) & (res[a] != label)).sum())
+        row[f"{a}_outside_ub"] = int((hit & ~ub).sum()) if ran.any() else 0
+    row["proof"] = int(proof.sum())
+    row["tight_bound"] = int(ub.sum() - proof.sum())
+    row["cert_share_tight"] = row["cert"] / row["tight_bound"] if row["tight_bound"] else float("nan")
+    row["cert_in_proof"] = int((R & (res["cert"] == ABSTAIN) & proof).sum())
+    row["flipped"] = flipped
+    return row
+
+
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--model", required=True)
@@ -149,6 +196,7 @@ def main(argv=None):
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--out", default="results/certattack")
     ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--merge-only", action="store_true", help="merge the shards already computed and stop")
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
     meta = model_metadata(args.model)
@@ -170,6 +218,8 @@ def main(argv=None):
         if path.exists():
             parts.append(PointResults.load(path))
             continue
+        if args.merge_only:
+            break
         sel = index[start:start + args.chunk]
         t0 = time.perf_counter()
         res = run_chunk(certifier, kind, x_all[sel], y_all[sel], eps, baseline=start < args.baseline_images and not args.no_baseline,

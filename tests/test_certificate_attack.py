@@ -300,3 +300,18 @@ def test_gloro_bounds_are_sound_against_pgd_and_the_attack(intermediate):
                             generator=torch.Generator().manual_seed(0))
     rejected = cert.certify(xp, eps) == ABSTAIN
     assert not (rejected & proof).any()
+
+
+def test_smoothing_bound_is_never_more_generous_than_the_infinite_sample_limit():
+    """Φ⁻¹(p_A) drops by at most ε/σ on the ball: in the limit exactly R > 2ε is safe; the
+    finite-sample statement must prove a subset of that, growing with the radius."""
+    from degradation_lib.bounds_l2 import smoothing_unattackable
+    sigma, eps = 0.5, 0.5
+    r = torch.linspace(0.0, 3.8 * sigma, 200, dtype=torch.float64)
+    proof, failure = smoothing_unattackable(r, sigma, eps, 100_000, 0.001)
+    assert not proof[r <= 2 * eps].any()
+    assert proof[r >= 2 * eps + 0.05].all()                  # the sampling slack is small at n = 1e5
+    assert (proof.int().diff() >= 0).all()                   # monotone in the radius
+    assert (failure[proof] < 0.003).all()
+    # σ = 0.25: CERTIFY's radius is capped at ≈ 3.81σ < 2ε, so nothing can be proven
+    assert not smoothing_unattackable(torch.tensor([0.95]), 0.25, 0.5, 100_000, 0.001)[0].any()
