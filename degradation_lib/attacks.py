@@ -34,7 +34,8 @@ Attack = Callable[[Certifier, torch.Tensor, float], torch.Tensor]
 """The attack contract: ``attack(certifier, x, radius) -> x_adv``."""
 
 
-def project(x: torch.Tensor, x_adv: torch.Tensor, eps: float, norm: float) -> torch.Tensor:
+def project(x: torch.Tensor, x_adv: torch.Tensor, eps: float, norm: float,
+            bounds: tuple[float, float] = (0.0, 1.0)) -> torch.Tensor:
     """Project(x, x'', ε, ℓp) of Algorithm 3.1, followed by clipping to [0, 1].
 
     * ℓ2: δ = x'' − x is rescaled to length min(‖δ‖₂, ε) per example (δ = 0 stays 0: no
@@ -47,12 +48,16 @@ def project(x: torch.Tensor, x_adv: torch.Tensor, eps: float, norm: float) -> to
         x_adv: points to project, same shape.
         eps: radius ε > 0.
         norm: 2 or ``float("inf")``.
+        bounds: the input box ``(lo, hi)`` to clip to (default [0, 1], the domain of
+            Definition 1; the paper's authors gave foolbox (−2ε, 1 + 2ε) for GloRo, see
+            :func:`authors_gloro_attack`). It must contain ``x``.
 
     Returns:
-        ``[N, ...]`` with ‖x' − x‖_p ≤ ε (up to float rounding) and values in [0, 1].
+        ``[N, ...]`` with ‖x' − x‖_p ≤ ε (up to float rounding) and values in ``bounds``.
     """
     eps = check_eps(eps)
     norm = check_norm(norm)
+    lo, hi = _check_bounds(bounds)
     if x.shape != x_adv.shape:
         raise ValueError(f"x and x_adv must have the same shape, got {tuple(x.shape)} and {tuple(x_adv.shape)}")
     delta = x_adv - x
@@ -66,7 +71,41 @@ def project(x: torch.Tensor, x_adv: torch.Tensor, eps: float, norm: float) -> to
         delta = delta.clamp(-eps, eps)
     else:
         raise ValueError(f"norm must be 2 or float('inf') for project, got {norm!r}")
-    return (x + delta).clamp(0.0, 1.0)
+    return (x + delta).clamp(lo, hi)
+
+
+def _check_bounds(bounds) -> tuple[float, float]:
+    try:
+        lo, hi = (float(b) for b in bounds)
+    except (TypeError, ValueError):
+        raise ValueError(f"bounds must be a pair (lo, hi) of numbers with lo < hi, got {bounds!r}") from None
+    if not (math.isfinite(lo) and math.isfinite(hi) and lo < hi):
+        raise ValueError(f"bounds must be a pair (lo, hi) of finite numbers with lo < hi, got {bounds!r}")
+    return lo, hi
+
+
+def rescale_to_radius(x: torch.Tensor, x_adv: torch.Tensor, eps: float) -> torch.Tensor:
+    """The paper's authors' projection for ℓ2: δ = x'' − x rescaled to length *exactly* ε, no clipping.
+
+    x' = x + ε·δ/‖δ‖₂ per example (a zero δ stays 0, where the authors' code divides by zero and
+    returns NaN). Unlike :func:`project` it also moves points *inside* the ball out to its
+    sphere and does not clip to [0, 1]: x' may leave the domain of Definition 1. Used by
+    :func:`authors_gloro_attack` to run Table 1 as the authors ran it.
+
+    Args:
+        x, x_adv: ``[N, ...]``, same shape.
+        eps: ε > 0.
+
+    Returns:
+        ``[N, ...]`` with ‖x' − x‖₂ = ε (up to float rounding) wherever x_adv ≠ x.
+    """
+    eps = check_eps(eps)
+    if x.shape != x_adv.shape:
+        raise ValueError(f"x and x_adv must have the same shape, got {tuple(x.shape)} and {tuple(x_adv.shape)}")
+    flat = (x_adv - x).flatten(1)
+    length = torch.linalg.vector_norm(flat, ord=2, dim=1, keepdim=True)
+    scale = torch.where(length > 0, eps / length.clamp_min(torch.finfo(flat.dtype).tiny), torch.zeros_like(length))
+    return x + (flat * scale).view_as(x)
 
 
 # --------------------------------------------------------------------------------------------
@@ -130,26 +169,48 @@ def margin_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
 LOSSES: dict[str, Callable] = {"ce": cross_entropy_loss, "margin": margin_loss}
 
 
-def _random_start(x: torch.Tensor, radius: float, norm: float, generator: torch.Generator) -> torch.Tensor:
-    """A uniform point of the ``radius``-ball around each example (then clipped to [0, 1])."""
+def _draw(shape, gens, dtype, kind: str) -> torch.Tensor:
+    """``torch.rand``/``torch.randn`` of ``shape`` ``[N, ...]``: from one generator, or row i from
+    ``gens[i]`` when ``gens`` is a sequence (per-example randomness, independent of batching)."""
+    fn = torch.rand if kind == "rand" else torch.randn
+    if isinstance(gens, torch.Generator):
+        return fn(shape, generator=gens, device=gens.device, dtype=dtype)
+    rows = [fn(tuple(shape[1:]), generator=g, device=g.device, dtype=dtype) for g in gens]
+    return torch.stack([r.cpu() for r in rows]) if rows else torch.zeros(shape, dtype=dtype)
+
+
+def _random_start(x: torch.Tensor, radius: float, norm: float, generator, bounds=(0.0, 1.0)) -> torch.Tensor:
+    """A uniform point of the ``radius``-ball around each example (then clipped to ``bounds``).
+
+    ``generator``: a ``torch.Generator`` or a sequence of N of them (example i draws from the
+    i-th only)."""
+    lo, hi = _check_bounds(bounds)
     if norm == math.inf:
-        u = torch.rand(x.shape, generator=generator, device=generator.device, dtype=x.dtype).to(x.device)
-        return (x + (2 * u - 1) * radius).clamp(0, 1)
+        u = _draw(x.shape, generator, x.dtype, "rand").to(x.device)
+        return (x + (2 * u - 1) * radius).clamp(lo, hi)
     d = x[0].numel()
-    g = torch.randn(x.shape, generator=generator, device=generator.device, dtype=x.dtype).to(x.device)
+    g = _draw(x.shape, generator, x.dtype, "randn").to(x.device)
     g = g.flatten(1)
     g = g / torch.linalg.vector_norm(g, dim=1, keepdim=True).clamp_min(torch.finfo(x.dtype).tiny)
-    r = torch.rand(x.shape[0], 1, generator=generator, device=generator.device, dtype=x.dtype).to(x.device)
+    r = _draw((x.shape[0], 1), generator, x.dtype, "rand").to(x.device)
     delta = (g * radius * r.pow(1.0 / d)).view_as(x)
-    return project(x, x + delta, radius, norm)
+    return project(x, x + delta, radius, norm, bounds=(lo, hi))
 
 
-def _generator(generator: torch.Generator | None, x: torch.Tensor) -> torch.Generator:
+def _generator(generator, x: torch.Tensor):
+    """Validate ``generator``: None (a fresh generator seeded 0), a ``torch.Generator``, or a
+    sequence of one ``torch.Generator`` per example of ``x``."""
     if generator is None:
         return torch.Generator(device="cpu").manual_seed(0)
-    if not isinstance(generator, torch.Generator):
-        raise ValueError(f"generator must be a torch.Generator or None, got {type(generator).__name__}")
-    return generator
+    if isinstance(generator, torch.Generator):
+        return generator
+    if isinstance(generator, (list, tuple)) and all(isinstance(g, torch.Generator) for g in generator):
+        if len(generator) != x.shape[0]:
+            raise ValueError(f"generator: a sequence needs one torch.Generator per example ({x.shape[0]}), "
+                             f"got {len(generator)}")
+        return list(generator)
+    raise ValueError(f"generator must be a torch.Generator, a sequence of them (one per example) or None, "
+                     f"got {type(generator).__name__}")
 
 
 def _check_steps(steps) -> int:
@@ -161,7 +222,7 @@ def _check_steps(steps) -> int:
 def pgd_ascent(objective: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor, radius: float,
                norm: float, *, steps: int = 50, step_size: float | None = None, rel_step: float = 0.025,
                random_start: bool = True, generator: torch.Generator | None = None,
-               keep_best: bool = True) -> torch.Tensor:
+               keep_best: bool = True, bounds: tuple[float, float] = (0.0, 1.0)) -> torch.Tensor:
     """Projected gradient *ascent* of a per-example objective over the ℓp ball ∩ [0, 1].
 
     The engine behind :func:`pgd`; use it directly for objectives that are not a loss of the
@@ -182,12 +243,16 @@ def pgd_ascent(objective: Callable[[torch.Tensor], torch.Tensor], x: torch.Tenso
             foolbox's L2PGD).
         random_start: start from a uniform point of the ball (drawn from ``generator``)
             instead of ``x``.
-        generator: ``torch.Generator`` for the random start (default: a fresh one seeded 0).
+        generator: ``torch.Generator`` for the random start (default: a fresh one seeded 0),
+            or a sequence of N generators, one per example: example i's start then depends on
+            ``generator[i]`` only, not on the batch it is in (what sharded runs need).
         keep_best: return, per example, the iterate with the highest objective seen (including
-            the last); otherwise the last iterate.
+            the last); otherwise the last iterate (as foolbox's PGD).
+        bounds: the input box (default [0, 1]); the paper's authors' GloRo runs used
+            (−radius, 1 + radius) = (−2ε, 1 + 2ε) for an attack at radius 2ε.
 
     Returns:
-        ``x_adv`` ``[N, ...]`` (detached), ‖x_adv − x‖_p ≤ radius, values in [0, 1].
+        ``x_adv`` ``[N, ...]`` (detached), ‖x_adv − x‖_p ≤ radius, values in ``bounds``.
     """
     x = check_input(x)
     radius = check_eps(radius, "radius")
@@ -202,7 +267,8 @@ def pgd_ascent(objective: Callable[[torch.Tensor], torch.Tensor], x: torch.Tenso
     x = x.detach()
     if x.shape[0] == 0:
         return x.clone()
-    z = _random_start(x, radius, norm, _generator(generator, x)) if random_start else x.clone()
+    bounds = _check_bounds(bounds)
+    z = _random_start(x, radius, norm, _generator(generator, x), bounds) if random_start else x.clone()
     best = z.clone()
     best_val = torch.full((x.shape[0],), -math.inf, dtype=torch.float64, device=x.device)
 
@@ -232,7 +298,7 @@ def pgd_ascent(objective: Callable[[torch.Tensor], torch.Tensor], x: torch.Tenso
                                torch.zeros_like(flat)).view_as(grad)
         else:
             unit = grad.sign()
-        z = project(x, z + step_size * unit, radius, norm)
+        z = project(x, z + step_size * unit, radius, norm, bounds=bounds)
     if not keep_best:
         return z.detach()
     with torch.no_grad():
@@ -246,7 +312,7 @@ def pgd(certifier, x: torch.Tensor, radius: float, *, labels: torch.Tensor | Non
         targeted: bool = False, loss: str | Callable = "ce", norm: float | None = None,
         steps: int = 50, step_size: float | None = None, rel_step: float = 0.025,
         random_start: bool = True, generator: torch.Generator | None = None,
-        keep_best: bool = True) -> torch.Tensor:
+        keep_best: bool = True, bounds: tuple[float, float] = (0.0, 1.0)) -> torch.Tensor:
     """Projected gradient descent (Madry et al., 2018) under ℓ2 or ℓ∞; fits the attack contract.
 
     Untargeted: maximise ``loss(logits, labels)`` (move away from ``labels``); targeted:
@@ -263,10 +329,11 @@ def pgd(certifier, x: torch.Tensor, radius: float, *, labels: torch.Tensor | Non
         loss: ``"ce"`` (cross-entropy), ``"margin"`` (max_{i≠y} z_i − z_y) or a callable
             ``loss(logits [N, C], labels [N]) -> [N]``.
         norm: overrides ``certifier.norm`` (2 or inf).
-        steps, step_size, rel_step, random_start, generator, keep_best: see :func:`pgd_ascent`.
+        steps, step_size, rel_step, random_start, generator, keep_best, bounds: see
+            :func:`pgd_ascent` (``generator`` may be one generator per example).
 
     Returns:
-        ``x_adv`` ``[N, ...]``, ‖x_adv − x‖_p ≤ radius, values in [0, 1]; the model's train/eval
+        ``x_adv`` ``[N, ...]``, ‖x_adv − x‖_p ≤ radius, values in ``bounds``; the model's train/eval
         mode is left as found (the attack itself runs the model in eval mode).
     """
     model, norm = _model_and_norm(certifier, norm)
@@ -296,7 +363,7 @@ def pgd(certifier, x: torch.Tensor, radius: float, *, labels: torch.Tensor | Non
 
     with eval_mode(model):
         return pgd_ascent(objective, x, radius, norm, steps=steps, step_size=step_size, rel_step=rel_step,
-                          random_start=random_start, generator=generator, keep_best=keep_best)
+                          random_start=random_start, generator=generator, keep_best=keep_best, bounds=bounds)
 
 
 def multitarget_pgd(certifier, x: torch.Tensor, radius: float, *, labels: torch.Tensor | None = None,
@@ -411,6 +478,13 @@ def _unit_step(grad: torch.Tensor, norm: float) -> torch.Tensor:
                        torch.zeros_like(flat)).view_as(grad)
 
 
+def _subset(generator, idx: torch.Tensor):
+    """The generators of the examples ``idx`` when ``generator`` is one per example."""
+    if isinstance(generator, list):
+        return [generator[i] for i in idx.tolist()]
+    return generator
+
+
 def certificate_attack(certifier: Certifier, x: torch.Tensor, eps: float, *, restarts: int = 2,
                        steps: int = 100, generator: torch.Generator | None = None,
                        labels: torch.Tensor | None = None, targets: int | None = 3,
@@ -442,7 +516,9 @@ def certificate_attack(certifier: Certifier, x: torch.Tensor, eps: float, *, res
         restarts: ≥ 1 rounds of runs (the first starts from x).
         steps: ≥ 1 gradient steps per run.
         generator: ``torch.Generator`` of the random starts (and of the noise of surrogate
-            scores, passed as ``generator=``); default a fresh one seeded 0.
+            scores, passed as ``generator=``), or a list of one per example (example i draws
+            only from the i-th, so its result does not depend on the batch); default a fresh
+            one seeded 0.
         labels: int64 ``[N]``, the labels the check should lose (default ``certifier.predict(x)``).
         targets: number of runner-up classes attacked one by one (None: all C − 1; 0: none).
         rel_step, final_rel_step: first and last step size relative to ε (0 < final ≤ first).
@@ -504,7 +580,9 @@ def certificate_attack(certifier: Certifier, x: torch.Tensor, eps: float, *, res
     use_targets = bool(certifier.per_class_scores) and targets != 0
 
     def score(z, idx, per_class=False):
-        extra = dict(kwargs, per_class=True) if per_class else kwargs
+        extra = dict(kwargs, per_class=True) if per_class else dict(kwargs)
+        if "generator" in extra:
+            extra["generator"] = _subset(extra["generator"], idx)
         out = certifier.rejection_score(z, eps, labels[idx], **extra)
         return out.to(device=x.device)
 
@@ -541,7 +619,7 @@ def certificate_attack(certifier: Certifier, x: torch.Tensor, eps: float, *, res
             if idx.numel() == 0:
                 break
             x0 = x[idx]
-            z = x0.clone() if r == 0 else _random_start(x0, eps, norm, gen)
+            z = x0.clone() if r == 0 else _random_start(x0, eps, norm, _subset(gen, idx))
             target = None if t is None else order[idx, t]
             for step in range(steps):
                 if idx.numel() == 0:
@@ -637,6 +715,42 @@ def eps_pgd(certifier: Certifier, x: torch.Tensor, eps: float, **pgd_kwargs) -> 
     if not isinstance(certifier, Certifier):
         raise ValueError(f"certifier must implement degradation_lib.Certifier, got {type(certifier).__name__}")
     return pgd(certifier, x, check_eps(eps), **pgd_kwargs)
+
+
+def authors_gloro_attack(certifier: Certifier, x: torch.Tensor, eps: float, *, steps: int = 50,
+                         rel_step: float = 0.025, random_start: bool = True,
+                         generator: torch.Generator | None = None) -> torch.Tensor:
+    """Algorithm 3.1 against a GloRo net *as the paper's authors ran it* (Table 1 "as run").
+
+    Their script ran foolbox's L2PGD (50 steps, relative step 0.025, random start, cross-entropy
+    against the model's own prediction, last iterate) at radius 2ε with input bounds
+    (−2ε, 1 + 2ε), then rescaled every perturbation to length exactly ε without clipping
+    (:func:`rescale_to_radius`). Re-implemented here on :func:`pgd` (same update, projection
+    and start distribution as foolbox's; our random start comes from ``generator``, which may be
+    one generator per example) -- so the result may leave [0, 1], which Definition 1 forbids.
+    Certify such points with a certifier that accepts them (``GloroCertifier(...,
+    unit_range=False)``). Compare :func:`degradation_attack` with :func:`pgd`, which keeps
+    every iterate in [0, 1] and projects into the ε-ball ∩ [0, 1].
+
+    Args:
+        certifier: an ℓ2 :class:`Certifier` (GloRo in the paper).
+        x: clean inputs ``[N, ...]`` in [0, 1].
+        eps: ε > 0 (the attack runs at 2ε).
+        steps, rel_step, random_start, generator: as :func:`pgd_ascent`.
+
+    Returns:
+        ``x'`` ``[N, ...]`` with ‖x' − x‖₂ = ε where the attack moved (values may lie in
+        (−2ε, 1 + 2ε) and beyond [0, 1]).
+    """
+    if not isinstance(certifier, Certifier):
+        raise ValueError(f"certifier must implement degradation_lib.Certifier, got {type(certifier).__name__}")
+    if check_norm(certifier.norm) != 2.0:
+        raise ValueError(f"authors_gloro_attack is an l2 attack; the certifier's norm is {certifier.norm!r}")
+    eps = check_eps(eps)
+    x = check_input(x)
+    x2 = pgd(certifier, x, 2 * eps, steps=steps, rel_step=rel_step, random_start=random_start,
+             generator=generator, keep_best=False, bounds=(-2 * eps, 1 + 2 * eps))
+    return rescale_to_radius(x, x2, eps)
 
 
 def evaluate_degradation(certifier: Certifier, x: torch.Tensor, y: torch.Tensor, eps: float,
@@ -748,7 +862,6 @@ def foolbox_attack(fb_attack, generator: torch.Generator | None = None) -> Attac
     return attack
 
 
-__all__ = ["Attack", "project", "pgd", "pgd_ascent", "multitarget_pgd", "rejection_pgd", "default_attack",
-           "certificate_attack", "implements_rejection_score",
-           "degradation_attack", "eps_pgd", "evaluate_degradation", "foolbox_attack", "cross_entropy_loss", "margin_loss",
+__all__ = ["Attack", "project", "rescale_to_radius", "authors_gloro_attack", "pgd", "pgd_ascent", "multitarget_pgd", "rejection_pgd", "default_attack",
+           "certificate_attack", "implements_rejection_score",           "degradation_attack", "eps_pgd", "evaluate_degradation", "foolbox_attack", "cross_entropy_loss", "margin_loss",
            "own_prediction", "eval_mode"]

@@ -16,22 +16,33 @@ The top class j is masked *by index*, never by value, so a class tied with the t
 a tie has margin 0, radius 0 and is never certified (the TensorFlow reference masks by value
 and can certify ties).
 
-Spectral norms are computed by power iteration with persistent iterates (buffers saved in the
-``state_dict``): a few iterations per training step, and iteration to convergence before
-certifying. Power iteration approaches ‖A‖₂ from below; run to convergence (relative change
-< ``tol``) it matches the SVD to the tolerance (checked in ``tests/test_gloro.py``).
-The converged constants are cached by :class:`GloroCertifier` and recomputed when any weight
-changes (tracked by each parameter's in-place version counter and storage).
+Spectral norms have two uses and two methods:
+
+* **training** uses power iteration with persistent iterates (buffers saved in the
+  ``state_dict``), a few iterations per step: fast, differentiable, and an *estimate* from below;
+* **certification** uses proven upper bounds (:meth:`LipschitzConv2d.converge`,
+  :meth:`LipschitzLinear.converge`, :mod:`degradation_lib.spectral`): the explicit float64
+  operator, its Gram matrix on the smaller side, and a Cholesky test that proves
+  λ_max ≤ μ with every rounding error accounted for. The bound exceeds ‖A‖₂ by ~1e-9 relative.
+  An estimate is not enough: with nearly equal top singular values power iteration stalls below
+  ‖A‖₂ (by 4e-4 relative on a committed 4C3F layer), and an L_sub that is too small certifies
+  points that are not robust (issue 13).
+
+:class:`GloroCertifier` caches the bounds and recomputes them when any weight changes (each
+parameter's in-place version counter and storage); :meth:`GloroNet.converge` also reuses bounds
+stored with a checkpoint (json key ``"sound_norms"``) when the SHA-256 of the weights matches.
 """
 
 from __future__ import annotations
 
+import contextlib
 import math
 
 import torch
 from torch import nn
 import torch.nn.functional as F
 
+from . import spectral
 from .certifier import ABSTAIN, Certifier, check_eps, check_input
 
 # ---------------------------------------------------------------------------------------------
@@ -137,12 +148,14 @@ class PowerIterationMixin:
 
     @torch.no_grad()
     def converge(self, tol: float = 1e-9, max_steps: int = 1000, check_every: int = 100) -> float:
-        """Power iteration to convergence, in float64; returns ‖A‖₂ and keeps the iterate.
+        """Power iteration to convergence, in float64; returns the *estimate* of ‖A‖₂, keeps the iterate.
 
         Iterates on float64 copies of the weights (float32 stalls at ~1e-6 relative) until σ
         changes by less than ``tol`` (relative) over ``check_every`` steps. Power iteration
-        approaches ‖A‖₂ from below; with close top singular values the last digits converge slowly,
-        so the criterion is over many steps. Subclasses may compute ‖A‖₂ exactly instead.
+        approaches ‖A‖₂ from below and, with nearly equal top singular values, stalls below it:
+        this is an estimate, never a bound. :class:`LipschitzLinear` and :class:`LipschitzConv2d`
+        override ``converge`` with a proven upper bound (:mod:`degradation_lib.spectral`);
+        ``PowerIterationMixin.converge(layer)`` still runs this estimate.
         """
         w = self.weight
         u = self.u.double()
@@ -165,6 +178,11 @@ class PowerIterationMixin:
     def converged_norm(self) -> float:
         """‖A‖₂ from the last :meth:`converge` (float64 value)."""
         return self._sigma_converged
+
+
+def _set_iterate(u: torch.Tensor, vector) -> None:
+    """Copy a unit vector (numpy, float64) into the iterate buffer ``u`` (its shape, dtype, device)."""
+    u.copy_(torch.as_tensor(vector, dtype=torch.float64).reshape(u.shape).to(device=u.device, dtype=u.dtype))
 
 
 class LipschitzLinear(nn.Linear, PowerIterationMixin):
@@ -190,11 +208,16 @@ class LipschitzLinear(nn.Linear, PowerIterationMixin):
 
     @torch.no_grad()
     def converge(self, tol: float = 1e-9, max_steps: int = 1000, check_every: int = 100) -> float:
-        """Exact ‖W‖₂ from the SVD (float64); the iterate is set to the top right singular vector."""
-        _, svals, vh = torch.linalg.svd(self.weight.double(), full_matrices=False)
-        self.u.copy_(vh[0].to(self.u.dtype))
-        self._sigma_converged = svals[0].item()
-        return self._sigma_converged
+        """A proven upper bound on ‖W‖₂ (float64, within ~1e-9 relative of it), computed on the CPU.
+
+        See :func:`degradation_lib.spectral.spectral_norm_upper`. The iterate ``u`` is set to the
+        top right singular vector. ``tol``, ``max_steps`` and ``check_every`` are not used (kept
+        for the signature of :meth:`PowerIterationMixin.converge`).
+        """
+        res = spectral.dense_spectral_bound(self.weight, v0=self.u.detach().cpu().double().numpy())
+        _set_iterate(self.u, res.right_vector)
+        self._sigma_converged = res.bound
+        return res.bound
 
 
 class LipschitzConv2d(nn.Conv2d, PowerIterationMixin):
@@ -229,30 +252,22 @@ class LipschitzConv2d(nn.Conv2d, PowerIterationMixin):
     def _op_with(self, w, u):
         return F.conv2d(u, w, None, self.stride, self.padding)
 
-    EXACT_MAX_INPUTS = 1024
-    """Layers whose input has at most this many entries get ‖A‖₂ exactly (Gram matrix, eigh)."""
-
-    POWER_ITERATION_MARGIN = 1e-4
-    """Relative margin added to a power-iteration estimate (which approaches ‖A‖₂ from below and,
-    for nearly repeated top singular values, converges slowly: residuals up to ~2e-5 were seen)."""
-
     @torch.no_grad()
     def converge(self, tol: float = 1e-9, max_steps: int = 1000, check_every: int = 100) -> float:
-        """‖A‖₂: exact from the Gram matrix AᵀA (float64) when the input has at most
-        :attr:`EXACT_MAX_INPUTS` entries, else float64 power iteration times
-        (1 + :attr:`POWER_ITERATION_MARGIN`)."""
-        n = self.u.numel()
-        if n > self.EXACT_MAX_INPUTS:
-            sigma = super().converge(tol=tol, max_steps=max_steps, check_every=check_every)
-            self._sigma_converged = sigma * (1 + self.POWER_ITERATION_MARGIN)
-            return self._sigma_converged
-        w = self.weight.double()
-        basis = torch.eye(n, dtype=torch.float64, device=w.device).reshape(n, *self.input_shape)
-        rows = torch.cat([self._op_with(w, basis[i:i + 512]).flatten(1) for i in range(0, n, 512)])
-        evals, evecs = torch.linalg.eigh(rows @ rows.T)  # AᵀA in the input basis
-        self.u.copy_(evecs[:, -1].reshape(self.u.shape).to(self.u.dtype))
-        self._sigma_converged = evals[-1].clamp_min(0).sqrt().item()
-        return self._sigma_converged
+        """A proven upper bound on ‖A‖₂ (float64, within ~1e-8 relative of it), computed on the CPU.
+
+        A is built explicitly from the weights (:func:`degradation_lib.spectral.conv2d_matrix`),
+        its Gram matrix on the smaller side is formed in float64 and a Cholesky test proves the
+        bound, rounding included (:func:`degradation_lib.spectral.spectral_norm_upper`). The
+        iterate ``u`` warm-starts the eigen-solver and is set to the top right singular vector.
+        ``tol``, ``max_steps`` and ``check_every`` are not used (kept for the signature of
+        :meth:`PowerIterationMixin.converge`, which runs the power-iteration estimate).
+        """
+        res = spectral.conv2d_spectral_bound(self.weight, self.input_shape, self.stride[0], self.padding[0],
+                                             v0=self.u.detach().cpu().double().numpy())
+        _set_iterate(self.u, res.right_vector)
+        self._sigma_converged = res.bound
+        return res.bound
 
     def _op_t_with(self, w, v):
         return F.conv_transpose2d(v, w, None, self.stride, self.padding, output_padding=self.output_padding_t)
@@ -348,9 +363,64 @@ class GloroNet(nn.Module):
         for layer in self.body:
             layer.power_iteration(steps)
 
+    @torch.no_grad()
+    def refresh_iterates(self, tol: float = 1e-9, max_steps: int = 1000) -> list[float]:
+        """Power iteration to convergence (float64) on every layer's iterate; returns the *estimates*.
+
+        For training (fast, keeps the iterates near the top singular vectors); estimates from
+        below, never used for certificates (those use :meth:`converge`).
+        """
+        return [PowerIterationMixin.converge(layer, tol=tol, max_steps=max_steps) for layer in self.body]
+
+    sound_norms_cache: dict | None = None
+    """Proven norm bounds stored with a checkpoint: ``{"weights_sha256", "norms", ...}`` (see
+    :meth:`converge`); set by :func:`load_checkpoint` from the json's ``"sound_norms"``."""
+
     def converge(self, tol: float = 1e-9, max_steps: int = 1000) -> list[float]:
-        """Spectral norms to convergence (float64): conv layers by power iteration, dense by SVD."""
-        return [layer.converge(tol=tol, max_steps=max_steps) for layer in self.body]
+        """Proven upper bounds on ‖A_l‖₂ for every layer below the output (float64), in order.
+
+        Each is :meth:`LipschitzConv2d.converge` / :meth:`LipschitzLinear.converge` (seconds for
+        a 4C3F net on a CPU), unless :attr:`sound_norms_cache` holds bounds for weights with the
+        same :meth:`weights_sha256`, which are then returned (and the iterates left as they are).
+        ``tol`` and ``max_steps`` are not used (kept for callers of the former power iteration).
+        """
+        cache = self.sound_norms_cache
+        if cache and cache.get("weights_sha256") == self.weights_sha256() and len(cache["norms"]) == len(self.body):
+            norms = [float(v) for v in cache["norms"]]
+            for layer, v in zip(self.body, norms):
+                layer._sigma_converged = v
+            return norms
+        return [layer.converge() for layer in self.body]
+
+    def sound_norms_record(self) -> dict:
+        """A json-able record of proven norm bounds of the current weights, for the checkpoint json.
+
+        ``{"weights_sha256": ..., "norms": [...], "method": ..., "seconds": ...}``; passing it to
+        :attr:`sound_norms_cache` makes :meth:`converge` skip the computation for these weights.
+        """
+        import time
+        t0 = time.perf_counter()
+        norms = [layer.converge() for layer in self.body]
+        return {"weights_sha256": self.weights_sha256(), "norms": norms,
+                "method": "degradation_lib.spectral.spectral_norm_upper (explicit float64 operator, "
+                          "Gram on the smaller side, Cholesky test with rounding bounds)",
+                "seconds": round(time.perf_counter() - t0, 2)}
+
+    def weights_sha256(self) -> str:
+        """SHA-256 of the body's weights (as float64, CPU) and layer geometry: the key of the norm cache.
+
+        The weights' values, not their dtype or device, determine the operators, so a model moved
+        to CUDA or loaded from float16 hashes the same as long as the values are equal.
+        """
+        import hashlib
+        h = hashlib.sha256()
+        for layer in self.body:
+            geometry = (type(layer).__name__, tuple(layer.weight.shape),
+                        getattr(layer, "input_shape", None), getattr(layer, "stride", None),
+                        getattr(layer, "padding", None))
+            h.update(repr(geometry).encode())
+            h.update(layer.weight.detach().cpu().double().contiguous().numpy().tobytes())
+        return h.hexdigest()
 
     def lipschitz_sub(self) -> torch.Tensor:
         """L_sub = ∏_l σ_l with the current iterates (differentiable in the weights)."""
@@ -430,16 +500,55 @@ def gloro_loss(y: torch.Tensor, K: torch.Tensor, labels: torch.Tensor, eps: floa
 # ---------------------------------------------------------------------------------------------
 
 
+@contextlib.contextmanager
+def _ieee_fp32(device: torch.device):
+    """Full IEEE float32 for matmuls and convolutions inside the block (no TF32 or bf16 shortcuts);
+    on CUDA also without cuDNN, whose Winograd/FFT algorithms have no entrywise error bound.
+    The global settings are restored on exit."""
+    backends = [torch.backends.cuda.matmul, torch.backends.cudnn.conv, torch.backends.mkldnn.matmul,
+                torch.backends.mkldnn.conv]
+    saved = [getattr(b, "fp32_precision", None) for b in backends]
+    try:
+        for b, v in zip(backends, saved):
+            if v is not None:
+                b.fp32_precision = "ieee"
+        if torch.device(device).type == "cuda":
+            with torch.backends.cudnn.flags(enabled=False):
+                yield
+        else:
+            yield
+    finally:
+        for b, v in zip(backends, saved):
+            if v is not None:
+                b.fp32_precision = v
+
+
 class GloroCertifier(Certifier):
     """The GloRo (ε, ℓ2) certifier of a :class:`GloroNet` (implements :class:`Certifier`).
 
     Args:
-        model: the network.
-        tol: relative tolerance of the power iteration run before certifying.
+        model: the network (float32 or float64 weights).
+        tol: kept for compatibility (the former power-iteration tolerance); not used.
         unit_range: require inputs in [0, 1].
 
-    The Lipschitz constants (L_sub and K) are computed by power iteration to convergence on
-    first use and cached; the cache is invalidated when any weight changes.
+    Soundness (issue 13). The certified radius is a lower bound on the true one of the network
+    evaluated in exact arithmetic, on either device:
+
+    * **Constants.** Each ‖A_l‖₂ is a proven upper bound (:meth:`GloroNet.converge`); L_sub and
+      K_ij = L_sub·‖w_j − w_i‖₂ are formed in float64 and rounded upward. They are computed on
+      first use and cached; the cache is invalidated when any weight changes.
+    * **Rounding of the forward pass.** The logits ỹ come from the network's convolutions in
+      float32 (or float64) and its dense layers in float64, with IEEE arithmetic forced (no TF32; on CUDA without cuDNN, whose Winograd/FFT algorithms
+      have no such bound). A floating-point inner product of length k (bias included) has error
+      ≤ γ_k·|A||h| entrywise (γ_k = k·u/(1 − k·u), u the unit roundoff; Higham eq. 3.5), so a
+      layer adds at most ρ_l = γ_{k_l}(‖|A_l|‖₂‖h̃_{l−1}‖₂ + ‖b_l‖₂) in ℓ2, MinMax is exact and
+      1-Lipschitz, and the body's output error obeys e_l ≤ ‖A_l‖₂·e_{l−1} + ρ_l (‖|A_l|‖₂ is
+      bounded by the Schur test √(‖|A_l|‖₁‖|A_l|‖_∞)). For the head, |(ỹ_j − ỹ_i) − (y_j − y_i)| ≤
+      ‖w_j − w_i‖₂·e_L + γ_{d+1}(‖w_j‖₂‖h̃‖₂ + |b_j| + ‖w_i‖₂‖h̃‖₂ + |b_i|). The margins are
+      computed in float64 and lowered by this bound before dividing by K (float64).
+      Costs one forward pass plus one norm per layer; see :meth:`certified_radius`.
+    * **Input.** An input in another dtype than the model's is rounded to it; the distance is
+      subtracted from the radius.
     """
 
     norm = 2.0
@@ -453,30 +562,62 @@ class GloroCertifier(Certifier):
         self._cache_key = None
         self._L_sub = None
         self._K = None
+        self._rounding = None
 
     # -- Lipschitz constants -----------------------------------------------------------------
     @torch.no_grad()
     def lipschitz_constants(self) -> tuple[torch.Tensor, torch.Tensor]:
-        """``(L_sub, K)``: converged Lipschitz bound of the body and K ``[C, C]`` (cached)."""
+        """``(L_sub, K)``: proven upper bounds, float64, on the model's device (cached).
+
+        L_sub ≥ ∏_l ‖A_l‖₂ (scalar tensor) and K ``[C, C]`` with K_ij ≥ L_sub·‖w_j − w_i‖₂; both
+        rounded upward from the proven per-layer bounds of :meth:`GloroNet.converge`.
+        """
         key = self.model.weights_key()
         if key != self._cache_key:
-            norms = self.model.converge(tol=self.tol)
-            w = self.model.head.weight
-            L_sub = torch.tensor(math.prod(norms), dtype=torch.float64)
-            K = L_sub * torch.cdist(w.double()[None], w.double()[None])[0]
-            self._K = K.to(device=w.device, dtype=w.dtype)
-            self._L_sub = L_sub.to(dtype=w.dtype)
+            norms = self.model.converge()
+            w = self.model.head.weight.detach().double()
+            n_layers, d = len(norms), w.shape[1]
+            L_sub = math.prod(norms) * (1 + spectral.gamma(n_layers + 2))
+            D = (w[:, None, :] - w[None, :, :]).pow(2).sum(-1).sqrt() * (1 + spectral.gamma(2 * d + 8))
+            self._L_sub = torch.tensor(L_sub, dtype=torch.float64, device=w.device)
+            self._K = (L_sub * D) * (1 + 4 * spectral.U64)
+            self._rounding = self._rounding_constants(norms)
             self._cache_key = self.model.weights_key()  # converge() does not touch parameters
         return self._L_sub, self._K
 
+    @torch.no_grad()
+    def _rounding_constants(self, norms: list[float]) -> dict:
+        """Per-layer constants of the forward-error bound (see the class docstring), float64."""
+        layers = []
+        for layer, sigma in zip(self.model.body, norms):
+            w = layer.weight.detach().double().cpu()
+            b = layer.bias.detach().double().cpu() if layer.bias is not None else torch.zeros(w.shape[0], dtype=torch.float64)
+            if isinstance(layer, LipschitzConv2d):
+                ones_in = torch.ones(1, *layer.input_shape, dtype=torch.float64)
+                rows = F.conv2d(ones_in, w.abs(), None, layer.stride, layer.padding)          # |A| 1
+                ones_out = torch.ones(1, *layer.output_shape(), dtype=torch.float64)
+                cols = layer._op_t_with(w.abs(), ones_out)                                     # |A|ᵀ 1
+                k = w[0].numel() + 1
+                beta = b.norm() * math.sqrt(layer.output_hw[0] * layer.output_hw[1])
+            else:
+                rows, cols = w.abs().sum(1), w.abs().sum(0)
+                k = w.shape[1] + 1
+                beta = b.norm()
+            alpha = math.sqrt(rows.max().item() * cols.max().item())
+            layers.append(dict(sigma=float(sigma), alpha=alpha * (1 + 1e-10), k=k, beta=beta.item() * (1 + 1e-10)))
+        head = self.model.head
+        w, b = head.weight.detach().double(), head.bias.detach().double()
+        return dict(layers=layers, k_head=w.shape[1] + 1, w_norm=w.norm(dim=1) * (1 + 1e-10),
+                    b_abs=b.abs())
+
     @property
     def K(self) -> torch.Tensor:
-        """K_ij = L_sub·‖w_j − w_i‖₂ ``[C, C]``."""
+        """K_ij ≥ L_sub·‖w_j − w_i‖₂ ``[C, C]`` (float64, proven upper bound)."""
         return self.lipschitz_constants()[1]
 
     @property
     def lipschitz_constant(self) -> float:
-        """L_sub, the ℓ2 Lipschitz bound of the network below the output layer."""
+        """L_sub, a proven upper bound on the ℓ2 Lipschitz constant of the network below the output."""
         return float(self.lipschitz_constants()[0])
 
     # -- interface ---------------------------------------------------------------------------
@@ -492,38 +633,107 @@ class GloroCertifier(Certifier):
             return self.model(self._to_model(x))
 
     def logits(self, x: torch.Tensor, eps: float | None = None) -> torch.Tensor:
-        """Class logits ``[N, C]``; with ``eps`` the ⊥ logit is appended (``[N, C+1]``)."""
+        """Class logits ``[N, C]``; with ``eps`` the ⊥ logit is appended (``[N, C+1]``).
+
+        The ⊥ logit uses K in the logits' dtype (for attacks and plots); certificates come from
+        :meth:`certify` / :meth:`certified_radius`, which bound the rounding.
+        """
         x = self._check(x)
         y = self._logits(x)
         if eps is None:
             return y
-        return gloro_logits(y, self.K, check_eps(eps))
+        return gloro_logits(y, self.K.to(y.dtype), check_eps(eps))
 
     def predict(self, x: torch.Tensor) -> torch.Tensor:
         """f(x) = argmax of the class logits, int64 ``[N]`` (never ``ABSTAIN``)."""
         return self._logits(self._check(x)).argmax(dim=1)
 
-    def certified_radius(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """``(labels, radius)``: argmax and r(x) = min_{i≠j} (y_j − y_i)/K_ij (ℓ2, ≥ 0).
+    @torch.no_grad()
+    def _forward_with_error(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """``(y, e, h_norm)``: logits ``[N, C]`` (float64), a bound ``[N]`` (float64) on the ℓ2 error
+        of the computed penultimate features, and their norm ``[N]`` (float64, rounded up).
 
-        f is (ε, ℓ2)-locally robust at x for every ε < r(x) (given converged spectral norms).
+        Convolutions run in the model's dtype, dense layers and the head in float64 (a small
+        share of the cost; it removes their rounding, the largest term of the bound in float32).
         """
-        x = self._check(x)
-        K = self.K
-        return certified_radius_from_logits(self._logits(x), K)
+        self.lipschitz_constants()
+        model, consts = self.model, self._rounding
+        p = next(model.parameters())
+        if p.dtype not in (torch.float32, torch.float64):
+            raise ValueError(f"the model must be float32 or float64 to certify, got {p.dtype}")
+        h = x.to(device=p.device, dtype=p.dtype)
+        e = torch.zeros(h.shape[0], dtype=torch.float64, device=p.device)
+
+        def gam(k, dtype):  # γ_k for the unit roundoff of ``dtype``
+            ku = k * torch.finfo(dtype).eps / 2
+            return ku / (1 - ku)
+
+        def norm_up(t):  # ‖t‖₂ per row, rounded up (a float norm of n terms: relative error ≤ γ_{n+2})
+            return torch.linalg.vector_norm(t.flatten(1), dim=1).double() * (1 + gam(t[0].numel() + 2, t.dtype))
+
+        with _ieee_fp32(p.device):
+            for layer, c in zip(model.body, consts["layers"]):
+                if isinstance(layer, nn.Linear):  # dense layers in float64: cheap, and their rounding vanishes
+                    h = h.flatten(1).double()
+                    z = F.linear(h, layer.weight.double(), None if layer.bias is None else layer.bias.double())
+                else:
+                    z = layer(h)
+                e = c["sigma"] * e + gam(c["k"], h.dtype) * (c["alpha"] * norm_up(h) + c["beta"])
+                h = model.activation(z)
+            h = h.flatten(1).double()
+            y = F.linear(h, model.head.weight.double(), model.head.bias.double())
+        return y, e * (1 + spectral.gamma(4 * len(consts["layers"]) + 8)), norm_up(h)
+
+    @torch.no_grad()
+    def _margin_error(self, y: torch.Tensor, e: torch.Tensor, hn: torch.Tensor, j: torch.Tensor) -> torch.Tensor:
+        """``[N, C]`` float64 bound on the rounding error of the computed margins y_j − y_i
+        (from :meth:`_forward_with_error`'s ``y, e, h_norm``), around the classes ``j`` ``[N]``."""
+        L_sub, K = self.lipschitz_constants()
+        c = self._rounding
+        gam_head = spectral.gamma(c["k_head"])
+        D = (K / L_sub).to(y.device)                       # ≥ ‖w_j − w_i‖₂ (K and L_sub rounded up alike)
+        D = D * (1 + 4 * spectral.U64) ** 2
+        rho = gam_head * (c["w_norm"].to(y.device)[None, :] * hn[:, None] + c["b_abs"].to(y.device)[None, :])
+        yj = y.gather(1, j[:, None])
+        return D[j] * e[:, None] + rho + rho.gather(1, j[:, None]) + 2 * spectral.U64 * (yj.abs() + y.abs())
+
+    @torch.no_grad()
+    def _sound_radius(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        L_sub, K = self.lipschitz_constants()
+        y, e, hn = self._forward_with_error(x)            # y: float64 logits
+        p = next(self.model.parameters())
+        j = y.argmax(dim=1)
+        top = _top_mask(j, y.shape[1])
+        yj = y.gather(1, j[:, None])
+        err = self._margin_error(y, e, hn, j)
+        margin = (yj - y) - err                            # ≤ the exact-arithmetic margin y_j − y_i
+        Kj = K.to(y.device)[j]
+        ratio = torch.where(Kj > 0, margin / Kj.clamp_min(torch.finfo(torch.float64).tiny),
+                            torch.where(margin > 0, torch.full_like(margin, math.inf), torch.zeros_like(margin)))
+        radius = ratio.masked_fill(top, math.inf).min(dim=1).values * (1 - 4 * spectral.U64)
+        if x.dtype != p.dtype:  # the certificate is about the rounded input; move it back to x
+            shift = torch.linalg.vector_norm((x.double() - x.to(p.dtype).double()).flatten(1), dim=1)
+            radius = radius - shift.to(radius.device) * (1 + 1e-12)
+        return j, radius.clamp_min(0)
+
+    def certified_radius(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(labels, radius)``: argmax ``[N]`` and a sound r(x) ≤ min_{i≠j} (y_j − y_i)/K_ij ``[N]``.
+
+        ℓ2, float64, ≥ 0. f is (ε, ℓ2)-locally robust at x for every ε < r(x), for the network
+        in exact arithmetic: the constants are proven upper bounds and the margins are lowered by
+        a proven bound on the forward pass's rounding error (class docstring).
+        """
+        return self._sound_radius(self._check(x))
 
     def certify(self, x: torch.Tensor, eps: float) -> torch.Tensor:
-        """GloRo's check: f(x) where y_j > y_⊥ = max_{i≠j}(y_i + ε·K_ij), ``ABSTAIN`` elsewhere.
+        """GloRo's check at ε: f(x) where the sound radius exceeds ε, ``ABSTAIN`` elsewhere ``[N]``.
 
-        Agrees with ``certified_radius(x)[1] > eps`` (up to float rounding at the boundary).
+        Equivalent to y_j > y_⊥ = max_{i≠j}(y_i + ε·K_ij) with margins lowered by the rounding
+        bound, and defined through :meth:`certified_radius`, so the two always agree.
         """
         eps = check_eps(eps)
-        x = self._check(x)
-        K = self.K
-        aug = gloro_logits(self._logits(x), K, eps)
-        j = aug[:, :-1].argmax(dim=1)
-        ok = aug.gather(1, j[:, None]).squeeze(1) > aug[:, -1]
-        return torch.where(ok, j, torch.full_like(j, ABSTAIN))
+        j, radius = self._sound_radius(self._check(x))
+        return torch.where(radius > eps, j, torch.full_like(j, ABSTAIN))
 
     monotone = True          # Lipschitz-based (Lemma 8)
     per_class_scores = True
@@ -540,15 +750,18 @@ class GloroCertifier(Certifier):
                         per_class: bool = False) -> torch.Tensor:
         """GloRo's rejection score at ε, differentiable in ``x`` (the ⊥ margin).
 
-        s(x) = max_{i≠l} (y_i + ε·K_li) − y_l with l = ``labels`` (K constant, converged): the ⊥
-        logit built around l minus l's logit. s(x) < 0 exactly when ``certify(x, eps)`` returns
-        l (then l is also the top class); s(x) ≥ 0 when it abstains or predicts another class.
+        s(x) = max_{i≠l} (y_i + ε·K_li + δ_li) − y_l with l = ``labels`` (K constant): the ⊥
+        logit built around l minus l's logit, with δ_li (constant, no gradient) the proven bound
+        on the rounding error of the margin that the sound check subtracts (class docstring).
+        s(x) < 0 exactly when ``certify(x, eps)`` returns l (then l is also the top class), up to
+        the float32 rounding of this differentiable forward pass (≈ 1e-6 in the logits);
+        s(x) ≥ 0 when it abstains or predicts another class.
 
         Args:
             x: inputs ``[N, C, H, W]`` in [0, 1] (gradients flow through).
             eps: ε > 0.
             labels: int64 ``[N]`` class indices (default: the argmax at ``x``).
-            per_class: return ``[N, C]`` with entry i the target score y_i + ε·K_li − y_l
+            per_class: return ``[N, C]`` with entry i the target score y_i + ε·K_li + δ_li − y_l
                 (−inf at i = l); its maximum over i is s(x).
 
         Returns ``[N]`` (or ``[N, C]``) in the model's dtype, on the model's device.
@@ -560,9 +773,13 @@ class GloroCertifier(Certifier):
             labels = y.detach().argmax(dim=1)
         labels = self._check_labels(labels, x.shape[0], y.device)
         own = y.gather(1, labels[:, None])
-        if per_class:
-            return (y + eps * self.K[labels] - own).masked_fill(_top_mask(labels, y.shape[1]), -math.inf)
-        return _bottom_logit(y, self.K, eps, labels) - own[:, 0]
+        # the sound check lowers each margin by a rounding bound and the radius by (1 − 4u):
+        # the same constants here keep the sign of s equal to the check's answer
+        y64, e, hn = self._forward_with_error(x)
+        err = self._margin_error(y64, e, hn, labels.to(y64.device)).to(device=y.device, dtype=y.dtype)
+        K = self.K.to(device=y.device, dtype=y.dtype) / (1 - 4 * spectral.U64)
+        per = (y + eps * K[labels] + err - own).masked_fill(_top_mask(labels, y.shape[1]), -math.inf)
+        return per if per_class else per.max(dim=1).values
 
     def rejection_loss(self, x: torch.Tensor, labels: torch.Tensor, eps: float) -> torch.Tensor:
         """Former name of :meth:`rejection_score` (argument order ``x, labels, eps``); kept for
@@ -584,13 +801,17 @@ class GloroCertifier(Certifier):
 def load_checkpoint(meta: dict, state_dict: dict, device) -> GloroCertifier:
     """Registry builder: a :class:`GloroCertifier` from a committed checkpoint.
 
-    ``meta`` needs ``arch`` and optionally ``num_classes``, ``input_shape`` and ``tol``; the
-    (possibly float16) ``state_dict`` is loaded into a float32 model on ``device``.
+    ``meta`` needs ``arch`` and optionally ``num_classes``, ``input_shape``, ``power_iteration_tol``
+    and ``sound_norms`` (proven norm bounds keyed by the weights' SHA-256, see
+    :meth:`GloroNet.sound_norms_record`); the (possibly float16) ``state_dict`` is loaded into a
+    float32 model on ``device``.
     """
     model = GloroNet(meta["arch"], num_classes=int(meta.get("num_classes", 10)),
                      input_shape=tuple(meta["input_shape"]) if meta.get("input_shape") else None)
     model.load_state_dict({k: v.float() if v.is_floating_point() else v for k, v in state_dict.items()})
     model.to(device).eval()
+    if meta.get("sound_norms"):
+        model.sound_norms_cache = dict(meta["sound_norms"])  # used only if the weights' SHA-256 matches
     cert = GloroCertifier(model, tol=float(meta.get("power_iteration_tol", 1e-9)))
     return cert
 

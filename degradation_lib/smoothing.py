@@ -92,6 +92,11 @@ class SmoothedClassifier(Certifier):
         generator: ``torch.Generator`` all noise is drawn from (on the device of the inputs, or
             on the CPU, then moved); ``None`` draws from torch's global generator. Two
             classifiers whose generators start from the same seed give identical answers.
+            May also be a sequence of N generators, one per input of the next call: input i's
+            noise then comes from ``generator[i]`` alone (inputs are sampled one at a time), so
+            its answer does not depend on the batch it is in -- how the experiment runner
+            (:mod:`degradation_lib.experiments`) makes sharded smoothing runs reproducible
+            point by point from (seed, index).
         pushforward: for a base network that starts with a linear layer (``nn.Sequential`` of
             an optional ``nn.Flatten`` then ``nn.Linear`` W, b), sample that layer's output
             directly: W(x + ζ) + b ~ N(Wx + b, σ² W Wᵀ), drawn as Wx + b + σ·L ξ with
@@ -115,8 +120,10 @@ class SmoothedClassifier(Certifier):
             raise ValueError(f"base_model must be a torch.nn.Module, got {type(base_model).__name__}")
         if isinstance(num_classes, bool) or not isinstance(num_classes, (int, np.integer)) or num_classes < 2:
             raise ValueError(f"num_classes must be an integer >= 2, got {num_classes!r}")
-        if generator is not None and not isinstance(generator, torch.Generator):
-            raise ValueError(f"generator must be a torch.Generator or None, got {type(generator).__name__}")
+        if generator is not None and not isinstance(generator, torch.Generator) and not (
+                isinstance(generator, (list, tuple)) and all(isinstance(g, torch.Generator) for g in generator)):
+            raise ValueError(f"generator must be a torch.Generator, a sequence of them (one per input) or None, "
+                             f"got {type(generator).__name__}")
         self.model = base_model
         self.num_classes = int(num_classes)
         self.sigma = check_eps(sigma, "sigma")
@@ -157,22 +164,29 @@ class SmoothedClassifier(Certifier):
             eps: ε > 0.
             labels: int64 ``[N]`` (default: the argmax of p̂ at x).
             samples: noise samples per input (default :attr:`SCORE_SAMPLES`).
-            generator: ``torch.Generator`` of the noise (default: the certifier's).
+            generator: ``torch.Generator`` of the noise (default: the certifier's), or a list of
+                one per example.
 
         Returns ``[N]`` (float, on ``x``'s device); p̂ is clamped to [1e-6, 1 − 1e-6].
         """
         eps = check_eps(eps)
         x = self._check(x)
         m = self.SCORE_SAMPLES if samples is None else _check_count(samples, "samples")
-        saved = self.generator
-        if generator is not None:
-            if not isinstance(generator, torch.Generator):
-                raise ValueError(f"generator must be a torch.Generator or None, got {type(generator).__name__}")
-            self.generator = generator
-        try:
-            noise = self._noise((m, *x.shape), x)
-        finally:
-            self.generator = saved
+        if isinstance(generator, (list, tuple)):
+            if len(generator) != x.shape[0] or not all(isinstance(g, torch.Generator) for g in generator):
+                raise ValueError(f"generator: a sequence needs one torch.Generator per example ({x.shape[0]})")
+            noise = torch.stack([torch.randn((m, *x.shape[1:]), generator=g, device=g.device, dtype=x.dtype)
+                                 for g in generator], dim=1).to(x.device)
+        else:
+            if generator is not None and not isinstance(generator, torch.Generator):
+                raise ValueError(f"generator must be a torch.Generator, a list of them or None, got {type(generator).__name__}")
+            g = self.generator if generator is None else generator
+            if isinstance(g, (list, tuple)):
+                raise ValueError("the certifier's generator is a list: pass generator= explicitly")
+            if g is None or g.device == x.device:
+                noise = torch.randn((m, *x.shape), generator=g, device=x.device, dtype=x.dtype)
+            else:
+                noise = torch.randn((m, *x.shape), generator=g, device=g.device, dtype=x.dtype).to(x.device)
         noisy = (x.unsqueeze(0) + self.sigma * noise).reshape(m * x.shape[0], *x.shape[1:])
         p = torch.softmax(self.model(noisy), dim=1).reshape(m, x.shape[0], -1).mean(dim=0)
         if labels is None:
@@ -205,6 +219,20 @@ class SmoothedClassifier(Certifier):
             int64 ``[len(sizes), N, C]`` counts (each row of the last axis sums to its size).
         """
         sizes = [int(s) for s in sizes]
+        gens = self.generator
+        if isinstance(gens, (list, tuple)):               # one generator per input: one input at a time
+            if len(gens) != x.shape[0]:
+                raise ValueError(f"generator: a sequence needs one torch.Generator per input ({x.shape[0]}), "
+                                 f"got {len(gens)}")
+            parts = []
+            try:
+                for i, g in enumerate(gens):
+                    self.generator = g
+                    parts.append(self.sample_counts(x[i:i + 1], sizes))
+            finally:
+                self.generator = gens
+            return torch.cat(parts, dim=1) if parts else torch.zeros(len(sizes), 0, self.num_classes,
+                                                                     dtype=torch.int64, device=x.device)
         N, C, S = x.shape[0], self.num_classes, len(sizes)
         per = sum(sizes)                                  # samples per input
         total = N * per

@@ -50,7 +50,9 @@ class SPGD:
         sigma: noise level; ``None`` takes ``certifier.sigma``.
         batch_size: noisy rows per forward/backward pass (inputs are processed in groups of
             ``batch_size // samples``).
-        generator: ``torch.Generator`` for the noise (``None``: torch's global generator).
+        generator: ``torch.Generator`` for the noise (``None``: torch's global generator), or a
+            sequence of one generator per input of the next call: input i's noise then comes
+            from ``generator[i]`` alone, so its attack does not depend on the batch it is in.
 
     Call: ``attack(certifier, x, radius, y=None)`` with ``x`` ``[N, ...]`` in [0, 1]. The loss is
     taken at ``y`` when given (the true labels), else at the label the noise-averaged base
@@ -76,16 +78,19 @@ class SPGD:
         return (f"SPGD(steps={self.steps}, samples={self.samples}, step_size={self.step_size}, "
                 f"average={self.average!r}, sigma={self.sigma})")
 
-    def _noise(self, shape, like):
+    def _noise(self, shape, like, gens=None):
+        if gens is not None:                  # one generator per input (row of the first axis)
+            return torch.stack([torch.randn(tuple(shape[1:]), generator=g, device=g.device, dtype=like.dtype)
+                                .to(like.device) for g in gens])
         g = self.generator
         if g is None or g.device == like.device:
             return torch.randn(shape, generator=g, device=like.device, dtype=like.dtype)
         return torch.randn(shape, generator=g, device=g.device, dtype=like.dtype).to(like.device)
 
-    def _averaged(self, model, x, sigma):
+    def _averaged(self, model, x, sigma, gens=None):
         """Noise-averaged logits or log of averaged softmax, ``[B, C]`` (differentiable in x)."""
         B, m = x.shape[0], self.samples
-        noisy = x.unsqueeze(1) + sigma * self._noise((B, m) + tuple(x.shape[1:]), x)
+        noisy = x.unsqueeze(1) + sigma * self._noise((B, m) + tuple(x.shape[1:]), x, gens)
         out = model(noisy.reshape((B * m,) + tuple(x.shape[1:]))).view(B, m, -1)
         if self.average == "logits":
             return out.mean(dim=1)                                          # averaged logits
@@ -106,21 +111,28 @@ class SPGD:
         eta = self.step_size if self.step_size is not None else 2.0 * radius / self.steps
         model = certifier.model
         group = max(1, self.batch_size // self.samples)
+        gens = None
+        if isinstance(self.generator, (list, tuple)):
+            gens = list(self.generator)
+            if len(gens) != x.shape[0] or not all(isinstance(g, torch.Generator) for g in gens):
+                raise ValueError(f"generator: a sequence needs one torch.Generator per input ({x.shape[0]}), "
+                                 f"got {len(gens)} items")
         out = []
         with eval_mode(model):                 # every submodule's own mode is restored on exit
             for i in range(0, x.shape[0], group):
                 xb = x[i:i + group]
+                gb = None if gens is None else gens[i:i + group]
                 with torch.no_grad():
-                    yb = self._averaged(model, xb, sigma).argmax(dim=1) if y is None else y[i:i + group].to(x.device)
-                out.append(self._attack_group(model, xb, yb, radius, eta, sigma))
+                    yb = self._averaged(model, xb, sigma, gb).argmax(dim=1) if y is None else y[i:i + group].to(x.device)
+                out.append(self._attack_group(model, xb, yb, radius, eta, sigma, gb))
         return torch.cat(out) if out else x.clone()
 
-    def _attack_group(self, model, x, y, radius, eta, sigma):
+    def _attack_group(self, model, x, y, radius, eta, sigma, gens=None):
         x_adv = x.clone()
         for _ in range(self.steps):
             x_adv.requires_grad_(True)
             with torch.enable_grad():
-                loss = self._loss(self._averaged(model, x_adv, sigma), y)
+                loss = self._loss(self._averaged(model, x_adv, sigma, gens), y)
                 (grad,) = torch.autograd.grad(loss, x_adv)
             with torch.no_grad():
                 flat = grad.flatten(1)

@@ -17,7 +17,7 @@ Recipe (Leino et al. 2021, as used by the paper's authors; shortened for a CPU):
   ``"after_ramp"`` holds ``lr`` during the geometric ramp first; ``"exp"`` decays from the
   first step, as the reference's ``decay_to_…``;
 * ``power_steps`` power iterations per training step on persistent iterates; with
-  ``refresh_iterates`` = 1 the iterates are also converged (:meth:`GloroNet.converge`) after every
+  ``refresh_iterates`` = 1 the iterates are also converged (:meth:`GloroNet.refresh_iterates`) after every
   epoch, as the reference's ``UpdatePowerIterates`` callback does. One-step iterates lag the
   weights: on the 4C3F nets, whose top singular values lie within 0.2 % of each other, they read
   L_sub up to 23 % low at the end of an epoch early in the mnist_1.58 run (lr ≈ 1e-3) and ≈ 3 %
@@ -26,7 +26,8 @@ Recipe (Leino et al. 2021, as used by the paper's authors; shortened for a CPU):
   an interrupted run resumes from it. Deterministic from ``--seed`` (shuffling uses a generator
   seeded by (seed, epoch); set the same ``--threads`` to reproduce bit for bit).
 
-At the end the power iteration is run to convergence, the certifier measures clean accuracy and
+At the end proven bounds on the layer norms are computed (:meth:`GloroNet.converge`, stored in
+the json as ``sound_norms``), the certifier measures clean accuracy and
 VRA at ε on the 10,000 MNIST test images, and ``degradation_lib/checkpoints/<name>.pt`` (float16
 state_dict) and ``<name>.json`` (recipe and metrics, measured on the stored float16 weights)
 are written.
@@ -167,8 +168,9 @@ def evaluate(certifier: GloroCertifier, x: torch.Tensor, y: torch.Tensor, eps_li
 def remeasure(name: str, threads: int = 1, out_dir: str | Path = CHECKPOINT_DIR) -> dict:
     """Re-measure a committed model's metrics with the current certifier and update its json.
 
-    Used after the Lipschitz computation changed (exact small layers, float64 power iteration):
-    the stored metrics must be what ``load_model(name)`` certifies.
+    Used after the Lipschitz computation changed (proven norm bounds, sound radii: issue 13):
+    the stored metrics must be what ``load_model(name)`` certifies. Also stores the proven norm
+    bounds (``"sound_norms"``, keyed by the weights' SHA-256) so that loading skips computing them.
     """
     from .gloro import load_checkpoint
     torch.set_num_threads(threads)
@@ -179,6 +181,7 @@ def remeasure(name: str, threads: int = 1, out_dir: str | Path = CHECKPOINT_DIR)
     cert = load_checkpoint(meta, state, torch.device("cpu"))
     x_test, y_test = load_mnist("test")
     t0 = time.time()
+    meta["sound_norms"] = cert.model.sound_norms_cache = cert.model.sound_norms_record()
     L_sub = cert.lipschitz_constant
     eval_eps = meta["training"].get("eval_eps", [meta["eps"]])
     metrics = evaluate(cert, x_test, y_test, eval_eps)
@@ -297,7 +300,7 @@ def main(argv=None) -> dict | None:
         bar.close()
         L_iterates = model.lipschitz_sub().item()
         if cfg.get("refresh_iterates", 0):
-            model.converge()
+            model.refresh_iterates()  # power iteration (fast); certificates use the proven bounds
         wall += time.time() - t0
         model.eval()
         # Progress estimate with the current iterates plus a few iterations (converged when
@@ -332,6 +335,7 @@ def main(argv=None) -> dict | None:
                 eps=cfg["eps"], dataset="MNIST", power_iteration_tol=1e-9, stored_dtype="float16")
     cert = load_checkpoint(meta, state16, torch.device("cpu"))
     t0 = time.time()
+    meta["sound_norms"] = cert.model.sound_norms_cache = cert.model.sound_norms_record()
     L_sub = cert.lipschitz_constant
     metrics = evaluate(cert, x_test, y_test, eval_eps)
     metrics["L_sub"] = L_sub

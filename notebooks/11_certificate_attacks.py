@@ -22,13 +22,12 @@
 # is the attacks' fault or the bound's. This page (ours, not the paper's) attacks the *certificate*
 # instead of the label: a projected gradient ascent of each certifier's own *rejection score*
 # over the $\epsilon$-ball, with restarts, runner-up targets and early exit. It then asks, with a
-# sound bound, which points of the paper's upper bound no attack can reach. It reads the stored
-# runs of `python -m degradation_lib.run_certattack` (commands below) and recomputes a small
-# live example.
+# sound bound, which points of the paper's upper bound no attack can reach. It reads the
+# `certattack` runs of the results store (commands at the end) and recomputes a small live
+# example.
 
 # %% tags=["parameters"]
-results_dir: str = "../results/certattack"  # stored runs of degradation_lib.run_certattack
-models: list = ["mnist_0.3", "mnist_1.58", "mnist_linf_0.1", "mnist_smooth_0.25", "mnist_smooth_0.5", "mnist_smooth_1.0"]  # models with a stored run
+models: list = ["mnist_0.3", "mnist_0.3_authors", "mnist_1.58", "mnist_linf_0.1", "mnist_smooth_0.25", "mnist_smooth_0.5", "mnist_smooth_1.0"]  # models with a stored certattack run
 live_images: int = 200  # first MNIST test images of the live example on the first model
 slope_images: int = 300  # points of the first model's upper bound whose local slope is measured
 seed: int = 0  # seed of the live attack's random starts
@@ -47,8 +46,8 @@ from myst_nb import glue
 
 import degradation_lib as dl
 from degradation_lib import ABSTAIN
-from degradation_lib.bounds_l2 import GloroBounds, smoothing_unattackable
-from degradation_lib.results import PointResults
+from degradation_lib.bounds_l2 import GloroBounds
+from degradation_lib.experiments import RESULTS_DIR, load_results
 from degradation_lib.run_certattack import summarize
 
 dev = dl.resolve_device(device)
@@ -140,7 +139,7 @@ glue("live_cert", int(live["rejected points of test_R"][1]), display=False)
 # upper bound minus those.
 
 # %%
-rows = [summarize(name, results_dir) for name in models]
+rows = [summarize(name) for name in models]
 table = pd.DataFrame(rows)
 shown = pd.DataFrame({
     "model": table["model"], "ε": table["eps"], "images": table["images"], "test_R": table["test_R"],
@@ -189,10 +188,10 @@ glue("flipped_total", int(table["flipped"].sum()), display=False)
 # %% mystnb={"figure": {"caption": "Certificate margin (minus the rejection score) at the test input x and at the certificate attack's x\u2032, per model (smoothing: the noise-averaged surrogate). Points below the dashed line are rejected after the attack.", "name": "fig-margin-before-after"}}
 fig, axes = plt.subplots(1, len(models), figsize=(3.0 * len(models), 3.0), squeeze=False)
 for ax, name in zip(axes[0], models):
-    res = PointResults.load(f"{results_dir}/{name}.npz")
+    res = load_results(f"certattack-{name}")
     attacked = res["evaluations"] > 0
     before, after = -res["score_clean"][attacked], -res["score_cert"][attacked]
-    rejected = res["cert"][attacked] == ABSTAIN
+    rejected = res["rejected_cert"][attacked].astype(bool)
     ax.scatter(before[~rejected], after[~rejected], s=4, c="tab:blue", label="still certified")
     ax.scatter(before[rejected], after[rejected], s=4, c="tab:red", label="rejected")
     ax.axhline(0, ls="--", c="k", lw=0.8)
@@ -221,11 +220,11 @@ fig.tight_layout()
 # never beats the Lipschitz cut. The measurement below explains where the gap comes from.
 
 # %%
-res = PointResults.load(f"{results_dir}/{main}.npz")
-R = (res["certified"] == res["label"]) & (res["certified"] != ABSTAIN)
-ub_idx = np.flatnonzero(R & (res["certified_2eps"] != res["label"]))[:slope_images]
+res = load_results(f"certattack-{main}")
+R = res["certified"].astype(bool) & (res["cert_label"] == res["label"])
+ub_idx = np.flatnonzero(R & ~res["certified_2eps"].astype(bool))[:slope_images]
 xs = x_test[res["index"][ub_idx]].to(dev)
-ls = torch.as_tensor(res["certified"][ub_idx], device=dev)
+ls = torch.as_tensor(res["cert_label"][ub_idx], device=dev)
 start = time.perf_counter()
 bounds = GloroBounds(cert, intermediate="interval")
 proof, slack = bounds.unattackable(xs, eps_main, ls)
@@ -236,7 +235,7 @@ per = cert.rejection_score(z, eps_main, ls, per_class=True)
 worst = per.argmax(dim=1)
 grad, = torch.autograd.grad(per.gather(1, worst[:, None]).sum(), z)
 ratio = (torch.linalg.vector_norm(grad.flatten(1), dim=1) / cert.K[ls, worst]).detach().cpu().numpy()
-rejected = res["cert"][ub_idx] == ABSTAIN
+rejected = res["rejected_cert"][ub_idx].astype(bool)
 slope_table = pd.DataFrame({
     "points": ["degraded by the certificate attack", "not degraded"],
     "count": [int(rejected.sum()), int((~rejected).sum())],
@@ -309,7 +308,7 @@ glue("unreached_03", 1 - float(row03["cert"]) / float(row03["upper_bound"]), dis
 import json
 from pathlib import Path
 
-bench = json.loads(Path(results_dir, "bench_mnist_1.58.json").read_text())
+bench = json.loads((RESULTS_DIR / "bench_certattack-mnist_1.58.json").read_text())
 glue("bench_ratio", bench["per_step_over_fb_score"], display=False)
 glue("bench_evals", bench["evaluations_default"], display=False)
 glue("bench_max", bench["evaluations_max"], display=False)
@@ -318,11 +317,12 @@ glue("bench_max", bench["evaluations_max"], display=False)
 # ## Reproducing the stored runs
 #
 # ```
-# python -m degradation_lib.run_certattack --model mnist_0.3 --num-images 2000 --baseline-images 2000 --chunk 250
-# python -m degradation_lib.run_certattack --model mnist_1.58 --num-images 1000 --baseline-images 500 --chunk 100
-# python -m degradation_lib.run_certattack --model mnist_linf_0.1 --num-images 1000 --baseline-images 1000 --chunk 100 --restarts 1 --targets 1
-# python -m degradation_lib.run_certattack --model mnist_smooth_0.25 --num-images 40 --every 20 --no-baseline --chunk 5 --steps 50 --restarts 1
+# python -m degradation_lib.experiments run certattack --model mnist_0.3 --num-images 2000
+# python -m degradation_lib.experiments run certattack --model mnist_0.3_authors --num-images 2000
+# python -m degradation_lib.experiments run certattack --model mnist_1.58 --num-images 500
+# python -m degradation_lib.experiments run certattack --model mnist_linf_0.1 --num-images 250 --param eps=0.1 --param restarts=1 --param targets=1
+# python -m degradation_lib.experiments run certattack --model mnist_smooth_0.25 --num-images 40 --param eps=0.5 --param steps=50 --param restarts=1
 # ```
 #
-# (`--num-images 10000` for the full test set; each chunk is saved as it finishes and a rerun
-# resumes; `--merge-only` merges the chunks done so far.)
+# (the same for σ = 0.5 and 1.0; `--num-images 10000` for the full test set, `--shard i/n` to
+# split a run over machines and `python -m degradation_lib.experiments merge` to combine them.)
