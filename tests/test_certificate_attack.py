@@ -315,3 +315,21 @@ def test_smoothing_bound_is_never_more_generous_than_the_infinite_sample_limit()
     assert (failure[proof] < 0.003).all()
     # σ = 0.25: CERTIFY's radius is capped at ≈ 3.81σ < 2ε, so nothing can be proven
     assert not smoothing_unattackable(torch.tensor([0.95]), 0.25, 0.5, 100_000, 0.001)[0].any()
+
+
+def test_certattack_experiment_is_reproducible_per_point():
+    """Registered in the store: shards merged equal the unsharded run, point for point."""
+    import numpy as np
+    from degradation_lib import experiments as E
+    from degradation_lib.results import merge
+
+    idx = np.array([0, 7, 8, 11, 13, 21])                   # mnist_0.3: both signs of the 2ε check
+    kw = dict(indices=idx, block_size=3, steps=4, restarts=2, targets=1, bound=True)
+    full = E.run_shard("certattack", "mnist_0.3", **kw)
+    parts = merge([E.run_shard("certattack", "mnist_0.3", i, 2, **kw) for i in range(2)])
+    for k in full.columns:
+        assert np.array_equal(full[k], parts[k], equal_nan=True), k
+    R = full["certified"] & (full["cert_label"] == full["label"])
+    assert not (full["rejected_cert"] & full["unattackable"]).any()
+    assert ((full["label_cert"] == -1) | (full["label_cert"] == full["label"]))[R].all()
+    assert (full["dist_cert"] <= 0.3 * (1 + 1e-6)).all()
