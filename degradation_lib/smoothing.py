@@ -34,6 +34,7 @@ import torch
 from scipy.stats import binomtest, norm
 from statsmodels.stats.proportion import proportion_confint
 from torch import nn
+import torch.nn.functional as F
 
 from .certifier import ABSTAIN, Certifier, check_eps, check_input
 
@@ -151,7 +152,8 @@ class SmoothedClassifier(Certifier):
                         samples: int | None = None, generator: torch.Generator | None = None) -> torch.Tensor:
         """A differentiable surrogate of CERTIFY's rejection at ε (SmoothAdv style).
 
-        s(x) = ε − σ·Φ⁻¹(p̂_l(x)), p̂_l the softmax probability of class l averaged over
+        s(x) = ε − σ·Φ⁻¹(p̂_l(x)) = ε + σ·Φ⁻¹(1 − p̂_l(x)), p̂_l the softmax probability of class
+        l averaged over
         ``samples`` noisy copies x + ζ, ζ ~ N(0, σ² I) (the softmax replaces the vote of the base
         classifier, which has no gradient; Salman et al. 2019). s(x) ≥ 0 means the smoothed
         radius estimated from p̂ is at most ε. The decision itself is CERTIFY with the
@@ -167,7 +169,8 @@ class SmoothedClassifier(Certifier):
             generator: ``torch.Generator`` of the noise (default: the certifier's), or a list of
                 one per example.
 
-        Returns ``[N]`` (float, on ``x``'s device); p̂ is clamped to [1e-6, 1 − 1e-6].
+        Returns ``[N]`` (``x``'s dtype and device); 1 − p̂_l is computed in float64 from the other
+        classes' log-probabilities, so the gradient survives p̂_l ≈ 1.
         """
         eps = check_eps(eps)
         x = self._check(x)
@@ -188,12 +191,17 @@ class SmoothedClassifier(Certifier):
             else:
                 noise = torch.randn((m, *x.shape), generator=g, device=g.device, dtype=x.dtype).to(x.device)
         noisy = (x.unsqueeze(0) + self.sigma * noise).reshape(m * x.shape[0], *x.shape[1:])
-        p = torch.softmax(self.model(noisy), dim=1).reshape(m, x.shape[0], -1).mean(dim=0)
+        logits = self.model(noisy).reshape(m, x.shape[0], -1)
         if labels is None:
-            labels = p.detach().argmax(dim=1)
-        labels = self._check_labels(labels, x.shape[0], p.device)
-        p_l = p.gather(1, labels[:, None])[:, 0].clamp(1e-6, 1 - 1e-6)
-        return eps - self.sigma * torch.special.ndtri(p_l)
+            labels = torch.softmax(logits.detach(), dim=2).mean(dim=0).argmax(dim=1)
+        labels = self._check_labels(labels, x.shape[0], logits.device)
+        # 1 − p̂_l from the other classes' log-probabilities (no cancellation when p̂_l ≈ 1, where
+        # a clamped p̂_l would have no gradient), in float64
+        logp = torch.log_softmax(logits.double(), dim=2)
+        own = F.one_hot(labels, logp.shape[2]).bool()[None]
+        q = logp.masked_fill(own, -math.inf).logsumexp(dim=2).exp().mean(dim=0)      # 1 − p̂_l
+        q = q.clamp(1e-300, 1 - 1e-12)
+        return (eps + self.sigma * torch.special.ndtri(q)).to(x.dtype)
 
     # -- sampling ---------------------------------------------------------------------------
     def _noise(self, shape, like: torch.Tensor) -> torch.Tensor:
