@@ -632,8 +632,8 @@ def compare(stored: PointResults, fresh: PointResults, radius_atol: float = 1e-4
     """Differences between a stored run and a recomputation of (some of) its points.
 
     Integer and boolean columns (labels, predictions, certification and rejection decisions,
-    vote counts) must be equal; ``radius*`` columns within ``radius_atol + radius_rtol·|r|``
-    (NaN = NaN); ``dist_*``/``outside_*`` within ``dist_atol``. Returns human-readable
+    vote counts) must be equal; ``radius*`` and other float columns (e.g. scores) within
+    ``radius_atol + radius_rtol·|r|`` (NaN = NaN); ``dist_*``/``outside_*`` within ``dist_atol``. Returns human-readable
     mismatches (empty when they agree).
     """
     s = stored.select(fresh["index"])
@@ -646,6 +646,8 @@ def compare(stored: PointResults, fresh: PointResults, radius_atol: float = 1e-4
             bad = ~(np.isclose(a, b, rtol=radius_rtol, atol=radius_atol) | (np.isnan(a) & np.isnan(b)))
         elif k.startswith(("dist_", "outside_")):
             bad = ~np.isclose(a, b, rtol=0, atol=dist_atol)
+        elif np.issubdtype(np.asarray(a).dtype, np.floating):   # other float columns (scores, slack)
+            bad = ~(np.isclose(a, b, rtol=radius_rtol, atol=radius_atol) | (np.isnan(a) & np.isnan(b)))
         else:
             bad = a != b
         if bad.any():
