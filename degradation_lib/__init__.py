@@ -7,7 +7,7 @@ Public API (re-exported here):
 * :func:`load_model` for the committed trained models, :func:`available_models`;
 * :func:`load_mnist`, :func:`load_cifar10`;
 * :class:`LinearCertifier`, the exact certifier for linear classifiers;
-* :func:`project` (Algorithm 3.1's projection) and the attacks;
+* :func:`project` (Algorithm 3.1's projection) and the attacks, :func:`certificate_attack`;
 * metrics with Clopper–Pearson intervals, per-point results that merge across shards;
 * the named experiments (:mod:`degradation_lib.experiments`) and their stored runs:
   :func:`available_results`, :func:`load_results`, :func:`run_shard`;
@@ -22,8 +22,9 @@ from .data import load_cifar10, load_mnist
 from .exact import LinearCertifier
 from .gloro import (ARCHITECTURES, GloroCertifier, GloroNet, LipschitzConv2d, LipschitzLinear, MinMax,
                     certified_radius_from_logits, gloro_logits, gloro_loss, minmax)
-from .attacks import (authors_gloro_attack, default_attack, degradation_attack, eps_pgd, evaluate_degradation, foolbox_attack,
-                      multitarget_pgd, pgd, pgd_ascent, project, rejection_pgd, rescale_to_radius)
+from .attacks import (authors_gloro_attack, certificate_attack, default_attack, degradation_attack, eps_pgd,
+                      evaluate_degradation, foolbox_attack, multitarget_pgd, pgd, pgd_ascent, project, rejection_pgd,
+                      rescale_to_radius)
 from .smoothing import SmoothedClassifier
 from .spgd import SPGD, spgd_degradation_attack
 from .linf import LinfCertifier, compute_bounds, input_box, interval_bounds, margin_spec, mnist_small_net

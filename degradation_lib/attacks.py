@@ -412,23 +412,31 @@ def multitarget_pgd(certifier, x: torch.Tensor, radius: float, *, labels: torch.
 # degradation attacks
 # --------------------------------------------------------------------------------------------
 
+def implements_rejection_score(certifier) -> bool:
+    """Whether ``certifier`` is a :class:`Certifier` whose class implements
+    :meth:`Certifier.rejection_score` (the base class only declares it)."""
+    return isinstance(certifier, Certifier) and type(certifier).rejection_score is not Certifier.rejection_score
+
+
 def rejection_pgd(certifier: Certifier, eps: float, rejection_loss: Callable | None = None,
                   **pgd_kwargs) -> Attack:
     """An attack (contract-shaped) that aims directly at the certifier's rejection at ε.
 
     The rejection score is ``rejection_loss(x, labels, eps) -> [N]``, a differentiable score that
     is > 0 where ``certify(x, eps)`` does not return ``labels`` (for a Lipschitz-margin
-    certifier such as GloRo: y_⊥ − y_label). It defaults to the optional hook
-    ``certifier.rejection_loss``. Called with radius 2ε inside Algorithm 3.1, the attack ascends
-    the score *at the projected point* ``project(x, z, ε)``, so the point Algorithm 3.1 returns is
-    the one the attack optimised. ``labels`` are the model's own prediction at x;
-    ``pgd_kwargs`` go to :func:`pgd_ascent`.
+    certifier such as GloRo: y_⊥ − y_label). It defaults to the certifier's declared
+    :meth:`Certifier.rejection_score` (``rejection_score(x, eps, labels)``). Called with radius 2ε
+    inside Algorithm 3.1, the attack ascends the score *at the projected point*
+    ``project(x, z, ε)``, so the point Algorithm 3.1 returns is the one the attack optimised.
+    ``labels`` are the model's own prediction at x; ``pgd_kwargs`` go to :func:`pgd_ascent`.
+    For the attack that works on the ε-ball directly, with restarts, targets and early exit,
+    see :func:`certificate_attack`.
     """
     if rejection_loss is None:
-        rejection_loss = getattr(certifier, "rejection_loss", None)
-        if not callable(rejection_loss):
-            raise ValueError(f"{type(certifier).__name__} has no rejection_loss(x, labels, eps) hook; "
-                             "pass rejection_loss explicitly")
+        if not implements_rejection_score(certifier):
+            raise ValueError(f"{type(certifier).__name__} does not implement rejection_score; "
+                             "pass rejection_loss(x, labels, eps) explicitly")
+        rejection_loss = lambda z, labels, e: certifier.rejection_score(z, e, labels)
     elif not callable(rejection_loss):
         raise ValueError(f"rejection_loss must be callable as rejection_loss(x, labels, eps), got {rejection_loss!r}")
     eps = check_eps(eps)
@@ -448,14 +456,218 @@ def rejection_pgd(certifier: Certifier, eps: float, rejection_loss: Callable | N
 def default_attack(certifier: Certifier, eps: float) -> Attack:
     """The attack :func:`degradation_attack` runs when none is given.
 
-    * If the certifier exposes ``rejection_loss(x, labels, eps)``: :func:`rejection_pgd`, which
-      targets the rejection itself;
+    * If the certifier implements an exact :meth:`Certifier.rejection_score` for a monotonic
+      check (GloRo, the exact linear certifier): :func:`rejection_pgd`, which targets the
+      rejection itself;
     * otherwise the paper's choice: untargeted ℓp PGD with cross-entropy against the model's own
       prediction (50 steps, relative step 0.025, random start from a generator seeded 0).
     """
-    if callable(getattr(certifier, "rejection_loss", None)):
+    if implements_rejection_score(certifier) and certifier.score_is_exact and certifier.monotone:
         return rejection_pgd(certifier, eps)
     return pgd
+
+
+def _unit_step(grad: torch.Tensor, norm: float) -> torch.Tensor:
+    """ℓ2: the gradient scaled to unit length (0 stays 0); ℓ∞: its sign."""
+    grad = torch.nan_to_num(grad, nan=0.0, posinf=0.0, neginf=0.0)
+    if norm == math.inf:
+        return grad.sign()
+    flat = grad.flatten(1)
+    length = torch.linalg.vector_norm(flat, dim=1, keepdim=True)
+    return torch.where(length > 0, flat / length.clamp_min(torch.finfo(flat.dtype).tiny),
+                       torch.zeros_like(flat)).view_as(grad)
+
+
+def _subset(generator, idx: torch.Tensor):
+    """The generators of the examples ``idx`` when ``generator`` is one per example."""
+    if isinstance(generator, list):
+        return [generator[i] for i in idx.tolist()]
+    return generator
+
+
+def certificate_attack(certifier: Certifier, x: torch.Tensor, eps: float, *, restarts: int = 2,
+                       steps: int = 100, generator: torch.Generator | None = None,
+                       labels: torch.Tensor | None = None, targets: int | None = 3,
+                       rel_step: float = 0.25, final_rel_step: float = 0.01,
+                       skip: torch.Tensor | None = None, skip_certified_2eps: bool = True,
+                       exit_margin: float | None = None, score_kwargs: dict | None = None,
+                       return_info: bool = False):
+    """A degradation attack on the certificate itself: ascend ``certifier.rejection_score`` over
+    the ε-ball (Section 3's goal, without Algorithm 3.1's detour through 2ε).
+
+    For every point, projected gradient ascent of the rejection score s(x') (> 0 where
+    ``certify(x', ε)`` rejects the label of x) over ``B_p(x, ε) ∩ [0, 1]^d``, p =
+    ``certifier.norm``: ℓ2 steps along the normalised gradient, ℓ∞ sign steps in the ε-box; the
+    step size follows a cosine schedule from ``rel_step·ε`` to ``final_rel_step·ε`` within each
+    run. Runs, per restart (the first from x, the others from uniform random points of the
+    ball): one on s itself and, where the certifier has ``per_class_scores``, one per runner-up
+    class i (the ``targets`` classes with the largest per-class score at x), on the per-class
+    score of i (for GloRo y_i + ε·K_li − y_l; for the ℓ∞ certifier −LB_i). Early exit: a point
+    whose score reaches ``exit_margin`` is frozen at that iterate and no longer evaluated (the
+    batch shrinks), so every later step costs only the points still standing.
+
+    Because x' stays in the ε-ball, the attack can never change the label of a point that is
+    certified at ε (by a sound certifier): it can only make the defense reject it.
+
+    Args:
+        certifier: any :class:`Certifier` implementing :meth:`Certifier.rejection_score`.
+        x: valid inputs ``[N, ...]`` in [0, 1].
+        eps: ε > 0 (in ``certifier.norm``).
+        restarts: ≥ 1 rounds of runs (the first starts from x).
+        steps: ≥ 1 gradient steps per run.
+        generator: ``torch.Generator`` of the random starts (and of the noise of surrogate
+            scores, passed as ``generator=``), or a list of one per example (example i draws
+            only from the i-th, so its result does not depend on the batch); default a fresh
+            one seeded 0.
+        labels: int64 ``[N]``, the labels the check should lose (default ``certifier.predict(x)``).
+        targets: number of runner-up classes attacked one by one (None: all C − 1; 0: none).
+        rel_step, final_rel_step: first and last step size relative to ε (0 < final ≤ first).
+        skip: bool ``[N]``, points not to attack (e.g. proven unattackable), returned as x.
+        skip_certified_2eps: for a monotonic certifier with an exact score (Definition 4),
+            do not attack points certified at 2ε: no x' in their ε-ball can be rejected
+            (Section 3.3.2). One score evaluation at 2ε.
+        exit_margin: a point stops once its score is ≥ this; default 0 for exact scores (the
+            check rejects from 0 on, plus a 1e-5 guard) and +inf (no early exit, last iterate returned) for
+            surrogates, whose sign does not decide the check. (1e-5 keeps float rounding between
+            the batched score and ``certify`` from stopping a point on the boundary.)
+        score_kwargs: extra keyword arguments of ``rejection_score`` (e.g. ``samples``).
+        return_info: also return a dict of ``[N]`` tensors: ``score`` (the score at x'),
+            ``score_clean`` (at x), ``evaluations`` (score evaluations spent on the point),
+            ``skipped``.
+
+    Returns:
+        ``x'`` ``[N, ...]`` (detached), ‖x' − x‖_p ≤ ε (float tolerance), values in [0, 1]: per
+        point, the first iterate that reached ``exit_margin``, else the iterate with the highest
+        score (for exact scores) or the last iterate (surrogates). The model's train/eval mode
+        is left as found.
+    """
+    if not isinstance(certifier, Certifier):
+        raise ValueError(f"certifier must implement degradation_lib.Certifier, got {type(certifier).__name__}")
+    if not implements_rejection_score(certifier):
+        raise ValueError(f"{type(certifier).__name__} does not implement rejection_score")
+    eps = check_eps(eps)
+    x = check_input(x).detach()
+    norm = check_norm(certifier.norm)
+    if norm not in (2.0, math.inf):
+        raise ValueError(f"certificate_attack supports norm 2 or inf, got {norm!r}")
+    if isinstance(restarts, bool) or not isinstance(restarts, int) or restarts < 1:
+        raise ValueError(f"restarts must be an integer >= 1, got {restarts!r}")
+    steps = _check_steps(steps)
+    if targets is not None and (isinstance(targets, bool) or not isinstance(targets, int) or targets < 0):
+        raise ValueError(f"targets must be None or an integer >= 0, got {targets!r}")
+    rel_step = check_eps(rel_step, "rel_step")
+    final_rel_step = check_eps(final_rel_step, "final_rel_step")
+    if final_rel_step > rel_step:
+        raise ValueError(f"final_rel_step must be <= rel_step, got {final_rel_step!r} > {rel_step!r}")
+    exact = bool(certifier.score_is_exact)
+    if exit_margin is None:
+        exit_margin = 1e-5 if exact else math.inf
+    exit_margin = float(exit_margin)
+    gen = _generator(generator, x)
+    kwargs = dict(score_kwargs or {})
+    if not exact:
+        kwargs.setdefault("generator", gen)
+    N = x.shape[0]
+    if skip is not None:
+        skip = torch.as_tensor(skip, device=x.device)
+        if skip.shape != (N,) or skip.dtype != torch.bool:
+            raise ValueError(f"skip must be a bool tensor of shape ({N},), got {skip.dtype} {tuple(skip.shape)}")
+    else:
+        skip = torch.zeros(N, dtype=torch.bool, device=x.device)
+    if labels is None:
+        labels = certifier.predict(x)
+    labels = certifier._check_labels(torch.as_tensor(labels), N, x.device)
+    use_targets = bool(certifier.per_class_scores) and targets != 0
+
+    def score(z, idx, per_class=False):
+        extra = dict(kwargs, per_class=True) if per_class else dict(kwargs)
+        if "generator" in extra:
+            extra["generator"] = _subset(extra["generator"], idx)
+        out = certifier.rejection_score(z, eps, labels[idx], **extra)
+        return out.to(device=x.device)
+
+    model = certifier.model
+    info_eval = torch.zeros(N, dtype=torch.int64, device=x.device)
+    with eval_mode(model):
+        all_idx = torch.arange(N, device=x.device)
+        with torch.no_grad():
+            if use_targets:
+                per0 = score(x, all_idx, per_class=True).to(torch.float64) if N else torch.zeros(0, 1)
+                s0 = per0.max(dim=1).values
+            else:
+                s0 = score(x, all_idx).to(torch.float64) if N else torch.zeros(0, dtype=torch.float64)
+            skipped = skip.clone()
+            if skip_certified_2eps and certifier.monotone and exact and N:
+                s2 = certifier.rejection_score(x, 2 * eps, labels, **kwargs).to(device=x.device)
+                skipped |= s2 < 0
+        best = x.clone()
+        best_val = s0.clone()
+        done = skipped | (s0 >= exit_margin)
+        # run list: (restart, target) with target None = the score itself
+        runs = []
+        if use_targets:
+            C = per0.shape[1]
+            k = C - 1 if targets is None else min(targets, C - 1)
+            order = per0.argsort(dim=1, descending=True)[:, :k]          # runner-ups by score at x
+        else:
+            k = 0
+        for r in range(restarts):
+            runs.append((r, None))
+            runs.extend((r, t) for t in range(k))
+        for r, t in runs:
+            idx = (~done).nonzero(as_tuple=True)[0]
+            if idx.numel() == 0:
+                break
+            x0 = x[idx]
+            z = x0.clone() if r == 0 else _random_start(x0, eps, norm, _subset(gen, idx))
+            target = None if t is None else order[idx, t]
+            for step in range(steps):
+                if idx.numel() == 0:
+                    break
+                size = eps * (final_rel_step + (rel_step - final_rel_step) * 0.5 * (1 + math.cos(math.pi * step / steps)))
+                zz = z.detach().requires_grad_(True)
+                with torch.enable_grad():
+                    if use_targets:
+                        per = score(zz, idx, per_class=True)
+                        val = per.max(dim=1).values
+                        obj = val if target is None else per.gather(1, target[:, None])[:, 0]
+                    else:
+                        val = obj = score(zz, idx)
+                    grad, = torch.autograd.grad(obj.sum(), zz, allow_unused=True)
+                if grad is None:
+                    grad = torch.zeros_like(zz)
+                val = val.detach().to(torch.float64)
+                info_eval[idx] += 1
+                if exact:
+                    better = val > best_val[idx]
+                    upd = idx[better]
+                    best[upd] = z[better]
+                    best_val[upd] = val[better]
+                else:
+                    best[idx] = z
+                    best_val[idx] = val
+                hit = val >= exit_margin
+                if hit.any():
+                    done[idx[hit]] = True
+                    keep = ~hit
+                    idx, z, x0, grad = idx[keep], z[keep], x0[keep], grad[keep]
+                    target = None if target is None else target[keep]
+                z = project(x0, z + size * _unit_step(grad, norm), eps, norm)
+            if idx.numel():
+                with torch.no_grad():
+                    if use_targets:
+                        val = score(z, idx, per_class=True).max(dim=1).values.to(torch.float64)
+                    else:
+                        val = score(z, idx).to(torch.float64)
+                info_eval[idx] += 1
+                better = (val > best_val[idx]) if exact else torch.ones_like(val, dtype=torch.bool)
+                best[idx[better]] = z[better]
+                best_val[idx[better]] = val[better]
+                done[idx[val >= exit_margin]] = True
+    best = best.detach()
+    if return_info:
+        return best, dict(score=best_val, score_clean=s0, evaluations=info_eval, skipped=skipped)
+    return best
 
 
 def degradation_attack(certifier: Certifier, x: torch.Tensor, eps: float, attack: Attack | None = None) -> torch.Tensor:
@@ -651,5 +863,5 @@ def foolbox_attack(fb_attack, generator: torch.Generator | None = None) -> Attac
 
 
 __all__ = ["Attack", "project", "rescale_to_radius", "authors_gloro_attack", "pgd", "pgd_ascent", "multitarget_pgd", "rejection_pgd", "default_attack",
-           "degradation_attack", "eps_pgd", "evaluate_degradation", "foolbox_attack", "cross_entropy_loss", "margin_loss",
+           "certificate_attack", "implements_rejection_score",           "degradation_attack", "eps_pgd", "evaluate_degradation", "foolbox_attack", "cross_entropy_loss", "margin_loss",
            "own_prediction", "eval_mode"]

@@ -97,6 +97,68 @@ class Certifier(abc.ABC):
     model: nn.Module
     norm: float
 
+    input_shape: tuple | None = None
+    """Per-example input shape ``x.shape[1:]`` the certifier accepts (None: not fixed)."""
+
+    monotone: bool = False
+    """Whether the check is monotonic (Definition 4, Appendix A): ``cert(x, ε)`` and
+    ‖x − x'‖_p < ε imply ``cert(x', ε − ‖x − x'‖_p)``. For such a check, a point certified at 2ε
+    cannot be degraded at ε (Section 3.3.2): attacks may skip it. True for exact and
+    Lipschitz-based checks (Lemmas 6 and 8); randomized smoothing only in the infinite-sample
+    limit (and with high probability in practice)."""
+
+    score_is_exact: bool = True
+    """Whether the sign of :meth:`rejection_score` decides :meth:`certify` exactly (False for a
+    surrogate, e.g. randomized smoothing, where CERTIFY's Monte Carlo test decides)."""
+
+    per_class_scores: bool = False
+    """Whether :meth:`rejection_score` accepts ``per_class=True`` (one score per competing class,
+    whose maximum is the score): attacks then aim at each runner-up class in turn."""
+
+    @property
+    def num_classes(self) -> int:
+        """C, the number of classes (labels ``0 .. C − 1``). Subclasses override this property or
+        assign it in ``__init__``."""
+        value = self.__dict__.get("_num_classes")
+        if value is None:
+            raise NotImplementedError(f"{type(self).__name__} does not declare num_classes")
+        return value
+
+    @num_classes.setter
+    def num_classes(self, value: int) -> None:
+        self.__dict__["_num_classes"] = int(value)
+
+    def rejection_score(self, x: torch.Tensor, eps: float, labels: torch.Tensor | None = None) -> torch.Tensor:
+        """A per-point score of the check's rejection at ε, differentiable in ``x``.
+
+        Args:
+            x: inputs ``[N, ...]`` in [0, 1] (gradients flow through).
+            eps: ε > 0.
+            labels: int64 ``[N]``, the labels the check should return (default: the
+                certifier's prediction at ``x``; pass the label of the clean input when
+                attacking).
+
+        Returns:
+            ``[N]`` scores: ``< 0`` exactly where ``certify(x, eps)`` returns ``labels``, ``≥ 0``
+            where it does not (abstains or returns another label). Surrogates
+            (``score_is_exact = False``) only approximate this. Certificate-aware attacks
+            (:func:`degradation_lib.certificate_attack`) ascend it (Section 3: a degradation
+            attack wants the check to reject, not the label to change).
+
+        Subclasses implement it; the base class raises ``NotImplementedError``.
+        """
+        raise NotImplementedError(f"{type(self).__name__} does not implement rejection_score")
+
+    def _check_labels(self, labels, n: int, device) -> torch.Tensor:
+        """Validate ``labels`` (int64 ``[n]`` in ``[0, num_classes)``) and move them to ``device``."""
+        if not isinstance(labels, torch.Tensor) or labels.dtype != torch.int64 or labels.shape != (n,):
+            raise ValueError(f"labels must be an int64 tensor of shape ({n},), got "
+                             f"{getattr(labels, 'dtype', type(labels).__name__)} {tuple(getattr(labels, 'shape', ()))}")
+        if n and (labels.min() < 0 or labels.max() >= self.num_classes):
+            raise ValueError(f"labels must lie in [0, {self.num_classes - 1}], got values in "
+                             f"[{labels.min().item()}, {labels.max().item()}]")
+        return labels.to(device)
+
     @abc.abstractmethod
     def certified_radius(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Labels and certified radii.

@@ -88,6 +88,34 @@ class LinearCertifier(Certifier):
         gnorm = gnorm.masked_fill(top, 1.0)
         return j, margin, gnorm
 
+    monotone = True          # exact (Lemma 6)
+    per_class_scores = True
+
+    @property
+    def input_shape(self) -> tuple:
+        return (self.model.in_features,)
+
+    def rejection_score(self, x: torch.Tensor, eps: float, labels: torch.Tensor | None = None,
+                        per_class: bool = False) -> torch.Tensor:
+        """s(x) = max_{i≠l} (ε·‖w_l − w_i‖_q − (y_l − y_i)), differentiable (linear) in ``x``.
+
+        s(x) < 0 exactly when every margin exceeds ε times its dual norm, i.e. when r(x) > ε
+        and l = f(x): exactly where ``certify(x, eps)`` returns l. ``labels`` default to f(x);
+        ``per_class`` returns ``[N, C]`` (−inf at i = l).
+        """
+        from .certifier import check_eps
+        eps = check_eps(eps)
+        x = self._check(x).to(self.model.weight.dtype)
+        y = self.model(x)
+        if labels is None:
+            labels = y.detach().argmax(dim=1)
+        labels = self._check_labels(labels, x.shape[0], y.device)
+        W = self.model.weight
+        gnorm = torch.linalg.vector_norm(W[labels][:, None, :] - W[None, :, :], ord=dual_norm(self.norm), dim=2)
+        per = (eps * gnorm - (y.gather(1, labels[:, None]) - y)).masked_fill(
+            torch.nn.functional.one_hot(labels, self.num_classes).bool(), -math.inf)
+        return per if per_class else per.max(dim=1).values
+
     def certified_radius(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Exact radius r(x) = min_{i≠j} (y_j − y_i)/‖w_j − w_i‖_q, in the dtype of W.
 

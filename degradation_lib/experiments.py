@@ -33,6 +33,8 @@ table4     Algorithm 3.1 under ℓ∞ (Appendix C, Table 4): sign-PGD at 2ε (CE
            ``alg31``; radius not computed (``certified``/``certified_2eps`` from the
            certifier's check at ε and 2ε)
 radii      certified radius only (Figures 2-3): every certifier                          any
+certattack the certificate attack (notebook 11, ours) with Alg. 3.1 and ε-PGD, and the  any
+           sound unattackability bounds (:mod:`degradation_lib.run_certattack`)
 =========  ===========================================================================  =========
 
 Reproducible per point
@@ -303,8 +305,20 @@ EXPERIMENTS: dict[str, Experiment] = {
     "radii": Experiment("radii", "certified radius per point (Figures 2-3)", ("gloro", "smoothing", "linf"), (),
                         dict(eps=None, n0=100, n=100_000, alpha=0.001, batch_size=2_000, radius_method=None),
                         _radii_compute, default_num_images={"smoothing": 500}),
+    "certattack": Experiment("certattack", "the certificate attack (ascends the certifier's rejection score over the "
+                             "ε-ball; not in the paper) with Algorithm 3.1 and ε-PGD on the same points, and the "
+                             "sound unattackability bounds (notebook 11)", ("gloro", "linf", "smoothing"),
+                             ("cert", "alg31", "eps_pgd"),
+                             dict(eps=None, steps=100, restarts=2, targets=3, baselines=True, bound=True,
+                                  n0=100, n=100_000, alpha=0.001, batch_size=2_000),
+                             lambda *a: _certattack_compute(*a)),
 }
 """The registry of named experiments."""
+
+
+def _certattack_compute(c, x, y, index, p, seed):
+    from .run_certattack import certattack_compute
+    return certattack_compute(c, x, y, index, p, seed)
 
 
 def get_experiment(name: str) -> Experiment:
@@ -618,8 +632,8 @@ def compare(stored: PointResults, fresh: PointResults, radius_atol: float = 1e-4
     """Differences between a stored run and a recomputation of (some of) its points.
 
     Integer and boolean columns (labels, predictions, certification and rejection decisions,
-    vote counts) must be equal; ``radius*`` columns within ``radius_atol + radius_rtol·|r|``
-    (NaN = NaN); ``dist_*``/``outside_*`` within ``dist_atol``. Returns human-readable
+    vote counts) must be equal; ``radius*`` and other float columns (e.g. scores) within
+    ``radius_atol + radius_rtol·|r|`` (NaN = NaN); ``dist_*``/``outside_*`` within ``dist_atol``. Returns human-readable
     mismatches (empty when they agree).
     """
     s = stored.select(fresh["index"])
@@ -632,6 +646,8 @@ def compare(stored: PointResults, fresh: PointResults, radius_atol: float = 1e-4
             bad = ~(np.isclose(a, b, rtol=radius_rtol, atol=radius_atol) | (np.isnan(a) & np.isnan(b)))
         elif k.startswith(("dist_", "outside_")):
             bad = ~np.isclose(a, b, rtol=0, atol=dist_atol)
+        elif np.issubdtype(np.asarray(a).dtype, np.floating):   # other float columns (scores, slack)
+            bad = ~(np.isclose(a, b, rtol=radius_rtol, atol=radius_atol) | (np.isnan(a) & np.isnan(b)))
         else:
             bad = a != b
         if bad.any():

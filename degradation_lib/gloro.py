@@ -694,19 +694,27 @@ class GloroCertifier(Certifier):
         return y, e * (1 + spectral.gamma(4 * len(consts["layers"]) + 8)), norm_up(h)
 
     @torch.no_grad()
-    def _sound_radius(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def _margin_error(self, y: torch.Tensor, e: torch.Tensor, hn: torch.Tensor, j: torch.Tensor) -> torch.Tensor:
+        """``[N, C]`` float64 bound on the rounding error of the computed margins y_j − y_i
+        (from :meth:`_forward_with_error`'s ``y, e, h_norm``), around the classes ``j`` ``[N]``."""
         L_sub, K = self.lipschitz_constants()
-        y, e, hn = self._forward_with_error(x)            # y: float64 logits
         c = self._rounding
-        p = next(self.model.parameters())
         gam_head = spectral.gamma(c["k_head"])
-        j = y.argmax(dim=1)
-        top = _top_mask(j, y.shape[1])
         D = (K / L_sub).to(y.device)                       # ≥ ‖w_j − w_i‖₂ (K and L_sub rounded up alike)
         D = D * (1 + 4 * spectral.U64) ** 2
         rho = gam_head * (c["w_norm"].to(y.device)[None, :] * hn[:, None] + c["b_abs"].to(y.device)[None, :])
         yj = y.gather(1, j[:, None])
-        err = D[j] * e[:, None] + rho + rho.gather(1, j[:, None]) + 2 * spectral.U64 * (yj.abs() + y.abs())
+        return D[j] * e[:, None] + rho + rho.gather(1, j[:, None]) + 2 * spectral.U64 * (yj.abs() + y.abs())
+
+    @torch.no_grad()
+    def _sound_radius(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        L_sub, K = self.lipschitz_constants()
+        y, e, hn = self._forward_with_error(x)            # y: float64 logits
+        p = next(self.model.parameters())
+        j = y.argmax(dim=1)
+        top = _top_mask(j, y.shape[1])
+        yj = y.gather(1, j[:, None])
+        err = self._margin_error(y, e, hn, j)
         margin = (yj - y) - err                            # ≤ the exact-arithmetic margin y_j − y_i
         Kj = K.to(y.device)[j]
         ratio = torch.where(Kj > 0, margin / Kj.clamp_min(torch.finfo(torch.float64).tiny),
@@ -741,27 +749,60 @@ class GloroCertifier(Certifier):
         j, radius = self._sound_radius(self._check(x))
         return torch.where(radius > eps, j, torch.full_like(j, ABSTAIN))
 
-    def rejection_loss(self, x: torch.Tensor, labels: torch.Tensor, eps: float) -> torch.Tensor:
-        """GloRo's rejection score at ε for the given labels, differentiable in ``x``: ``[N]``.
+    monotone = True          # Lipschitz-based (Lemma 8)
+    per_class_scores = True
 
-        s(x) = max_{i≠l} (y_i + ε·K_li) − y_l with l = ``labels`` (K constant, converged), i.e.
-        the ⊥ logit built around l minus l's logit. s(x) < 0 exactly when ``certify(x, eps)``
-        returns l; s(x) > 0 implies it does not (it abstains or predicts another class). This is
-        the optional hook that :func:`degradation_lib.attacks.rejection_pgd` ascends (Section 3:
-        the degradation attack wants the certifier to reject, not the label to change).
+    @property
+    def num_classes(self) -> int:
+        return self.model.num_classes
+
+    @property
+    def input_shape(self) -> tuple:
+        return self.model.input_shape
+
+    def rejection_score(self, x: torch.Tensor, eps: float, labels: torch.Tensor | None = None,
+                        per_class: bool = False) -> torch.Tensor:
+        """GloRo's rejection score at ε, differentiable in ``x`` (the ⊥ margin).
+
+        s(x) = max_{i≠l} (y_i + ε·K_li + δ_li) − y_l with l = ``labels`` (K constant): the ⊥
+        logit built around l minus l's logit, with δ_li (constant, no gradient) the proven bound
+        on the rounding error of the margin that the sound check subtracts (class docstring).
+        s(x) < 0 exactly when ``certify(x, eps)`` returns l (then l is also the top class), up to
+        the float32 rounding of this differentiable forward pass (≈ 1e-6 in the logits);
+        s(x) ≥ 0 when it abstains or predicts another class.
 
         Args:
             x: inputs ``[N, C, H, W]`` in [0, 1] (gradients flow through).
-            labels: int64 ``[N]`` class indices (the model's own prediction at the clean input).
             eps: ε > 0.
+            labels: int64 ``[N]`` class indices (default: the argmax at ``x``).
+            per_class: return ``[N, C]`` with entry i the target score y_i + ε·K_li + δ_li − y_l
+                (−inf at i = l); its maximum over i is s(x).
+
+        Returns ``[N]`` (or ``[N, C]``) in the model's dtype, on the model's device.
         """
+        eps = check_eps(eps)
+        x = self._check(x)
+        y = self.model(self._to_model(x))
+        if labels is None:
+            labels = y.detach().argmax(dim=1)
+        labels = self._check_labels(labels, x.shape[0], y.device)
+        own = y.gather(1, labels[:, None])
+        # the sound check lowers each margin by a rounding bound and the radius by (1 − 4u):
+        # the same constants here keep the sign of s equal to the check's answer
+        y64, e, hn = self._forward_with_error(x)
+        err = self._margin_error(y64, e, hn, labels.to(y64.device)).to(device=y.device, dtype=y.dtype)
+        K = self.K.to(device=y.device, dtype=y.dtype) / (1 - 4 * spectral.U64)
+        per = (y + eps * K[labels] + err - own).masked_fill(_top_mask(labels, y.shape[1]), -math.inf)
+        return per if per_class else per.max(dim=1).values
+
+    def rejection_loss(self, x: torch.Tensor, labels: torch.Tensor, eps: float) -> torch.Tensor:
+        """Former name of :meth:`rejection_score` (argument order ``x, labels, eps``); kept for
+        existing callers. ``labels`` are required here."""
         eps = check_eps(eps)
         x = self._check(x)
         if labels.shape != (x.shape[0],) or labels.dtype != torch.int64:
             raise ValueError(f"labels must be int64 of shape ({x.shape[0]},), got {labels.dtype} {tuple(labels.shape)}")
-        y = self.model(self._to_model(x))
-        labels = labels.to(y.device)
-        return _bottom_logit(y, self.K.to(y.dtype), eps, labels) - y.gather(1, labels[:, None])[:, 0]
+        return self.rejection_score(x, eps, labels)
 
     def to(self, device) -> "GloroCertifier":
         self.model.to(device)

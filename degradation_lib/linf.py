@@ -511,6 +511,63 @@ class LinfCertifier(Certifier):
             return torch.zeros(0, 0, dtype=x.dtype, device=x.device)
         return torch.cat(out)
 
+    per_class_scores = True
+
+    @property
+    def monotone(self) -> bool:
+        """Interval bounds are inclusion-monotone, so the ``"ibp"`` check is monotonic
+        (Definition 4); the KW relaxation's slopes u/(u − l) change with the box, so ``"kw"`` and
+        ``"kw_ibp"`` carry no such guarantee."""
+        return self.method == "ibp"
+
+    @property
+    def num_classes(self) -> int:
+        return self._num_classes()
+
+    def rejection_score(self, x: torch.Tensor, eps: float, labels: torch.Tensor | None = None,
+                        per_class: bool = False, method: str | None = None) -> torch.Tensor:
+        """Minus the certified lower bound of the worst margin over the ε-box, differentiable in ``x``.
+
+        s(x) = −min_{i≠l} LB_i(x, ε), LB_i the lower bound of y_l − y_i over
+        ``B_∞(x, ε) ∩ [0, 1]^d`` computed by ``method`` (default: the certifier's). IBP and the
+        KW relaxation are built from differentiable operations (the ReLU slopes u/(u − l) are
+        functions of x too), so the gradient is that of the bound itself. s(x) < 0 exactly when
+        ``certify(x, eps)`` returns l (with the certifier's method); s(x) ≥ 0 otherwise.
+
+        Args:
+            x: inputs ``[N, ...]`` in [0, 1].
+            eps: ε > 0 (the box half-width).
+            labels: int64 ``[N]`` (default: f(x)).
+            per_class: return ``[N, K]`` with entry i = −LB_i (−inf at i = l).
+            method: ``"ibp"``, ``"kw"`` or ``"kw_ibp"`` (a cheaper surrogate for ``"ibp"``:
+                IBP's bound is never tighter than KW ∩ IBP, so −LB_IBP ≥ the exact score).
+
+        Cost: one bound computation with gradient (KW ∩ IBP ≈ 100× a forward-backward pass of
+        the network on MNIST, IBP ≈ 2.5×).
+        """
+        from .certifier import check_eps
+        check_eps(eps)
+        method = self.method if method is None else method
+        if method not in BOUND_METHODS:
+            raise ValueError(f"method must be one of {BOUND_METHODS}, got {method!r}")
+        x = self._check(x)
+        if labels is None:
+            labels = self.predict(x)
+        labels = self._check_labels(labels, x.shape[0], x.device)
+        K = self._num_classes()
+        out = []
+        for s in range(0, x.shape[0], self.batch_size):
+            lo, hi = input_box(x[s:s + self.batch_size], eps, self.clip)
+            C = margin_spec(labels[s:s + self.batch_size], K, dtype=x.dtype)
+            lb, _ = compute_bounds(self.model, lo, hi, C, method)
+            out.append(lb)
+        lb = torch.cat(out) if out else torch.zeros(0, K - 1, dtype=x.dtype, device=x.device)
+        if not per_class:
+            return -lb.min(dim=1).values
+        full = torch.full((x.shape[0], K), -math.inf, dtype=lb.dtype, device=lb.device)
+        keep = ~F.one_hot(labels, K).bool()
+        return full.masked_scatter(keep, -lb)
+
     def certify(self, x: torch.Tensor, eps) -> torch.Tensor:
         """f(x) where every margin's lower bound over the ε-box is > 0, ``ABSTAIN`` elsewhere.
 

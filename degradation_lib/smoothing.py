@@ -33,6 +33,7 @@ import numpy as np
 import torch
 from scipy.stats import beta, binomtest, norm
 from torch import nn
+import torch.nn.functional as F
 
 from .certifier import ABSTAIN, Certifier, check_eps, check_input
 
@@ -157,6 +158,68 @@ class SmoothedClassifier(Certifier):
     def __repr__(self) -> str:
         return (f"SmoothedClassifier(sigma={self.sigma}, n0={self.n0}, n={self.n}, alpha={self.alpha}, "
                 f"batch_size={self.batch_size})")
+
+    # -- the certificate-aware attack's surrogate -------------------------------------------
+    monotone = True          # in the infinite-sample limit (Appendix A); w.h.p. in practice
+    score_is_exact = False   # CERTIFY's Monte Carlo test decides; the score is a surrogate
+
+    SCORE_SAMPLES = 128
+    """Noise samples per input of :meth:`rejection_score` (SmoothAdv used 1–128 per step)."""
+
+    def rejection_score(self, x: torch.Tensor, eps: float, labels: torch.Tensor | None = None,
+                        samples: int | None = None, generator: torch.Generator | None = None) -> torch.Tensor:
+        """A differentiable surrogate of CERTIFY's rejection at ε (SmoothAdv style).
+
+        s(x) = ε − σ·Φ⁻¹(p̂_l(x)) = ε + σ·Φ⁻¹(1 − p̂_l(x)), p̂_l the softmax probability of class
+        l averaged over
+        ``samples`` noisy copies x + ζ, ζ ~ N(0, σ² I) (the softmax replaces the vote of the base
+        classifier, which has no gradient; Salman et al. 2019). s(x) ≥ 0 means the smoothed
+        radius estimated from p̂ is at most ε. The decision itself is CERTIFY with the
+        certifier's n (100,000 in the paper) and α: its radius σ·Φ⁻¹(p̲_A) uses a lower
+        confidence bound on the *vote* probability, so ``certify`` may reject where s < 0 and
+        certify where s ≥ 0 (``score_is_exact = False``).
+
+        Args:
+            x: inputs ``[N, ...]`` in [0, 1].
+            eps: ε > 0.
+            labels: int64 ``[N]`` (default: the argmax of p̂ at x).
+            samples: noise samples per input (default :attr:`SCORE_SAMPLES`).
+            generator: ``torch.Generator`` of the noise (default: the certifier's), or a list of
+                one per example.
+
+        Returns ``[N]`` (``x``'s dtype and device); 1 − p̂_l is computed in float64 from the other
+        classes' log-probabilities, so the gradient survives p̂_l ≈ 1.
+        """
+        eps = check_eps(eps)
+        x = self._check(x)
+        m = self.SCORE_SAMPLES if samples is None else _check_count(samples, "samples")
+        if isinstance(generator, (list, tuple)):
+            if len(generator) != x.shape[0] or not all(isinstance(g, torch.Generator) for g in generator):
+                raise ValueError(f"generator: a sequence needs one torch.Generator per example ({x.shape[0]})")
+            noise = torch.stack([torch.randn((m, *x.shape[1:]), generator=g, device=g.device, dtype=x.dtype)
+                                 for g in generator], dim=1).to(x.device)
+        else:
+            if generator is not None and not isinstance(generator, torch.Generator):
+                raise ValueError(f"generator must be a torch.Generator, a list of them or None, got {type(generator).__name__}")
+            g = self.generator if generator is None else generator
+            if isinstance(g, (list, tuple)):
+                raise ValueError("the certifier's generator is a list: pass generator= explicitly")
+            if g is None or g.device == x.device:
+                noise = torch.randn((m, *x.shape), generator=g, device=x.device, dtype=x.dtype)
+            else:
+                noise = torch.randn((m, *x.shape), generator=g, device=g.device, dtype=x.dtype).to(x.device)
+        noisy = (x.unsqueeze(0) + self.sigma * noise).reshape(m * x.shape[0], *x.shape[1:])
+        logits = self.model(noisy).reshape(m, x.shape[0], -1)
+        if labels is None:
+            labels = torch.softmax(logits.detach(), dim=2).mean(dim=0).argmax(dim=1)
+        labels = self._check_labels(labels, x.shape[0], logits.device)
+        # 1 − p̂_l from the other classes' log-probabilities (no cancellation when p̂_l ≈ 1, where
+        # a clamped p̂_l would have no gradient), in float64
+        logp = torch.log_softmax(logits.double(), dim=2)
+        own = F.one_hot(labels, logp.shape[2]).bool()[None]
+        q = logp.masked_fill(own, -math.inf).logsumexp(dim=2).exp().mean(dim=0)      # 1 − p̂_l
+        q = q.clamp(1e-300, 1 - 1e-12)
+        return (eps + self.sigma * torch.special.ndtri(q)).to(x.dtype)
 
     # -- sampling ---------------------------------------------------------------------------
     def _noise(self, shape, like: torch.Tensor) -> torch.Tensor:

@@ -284,8 +284,10 @@ def test_default_attack_is_exact_on_a_binary_linear_model(norm):
 def test_default_attack_uses_the_rejection_hook_when_present():
     plain, x = linear_problem(2, n=300, norm=2.0, seed=6)
     hooked = LipschitzMarginLinear(plain.model.weight, plain.model.bias, norm=2.0)
-    assert default_attack(plain, 0.1) is pgd
+    scoreless = ModelCertifier(plain.model, 2.0)          # does not implement rejection_score
+    assert default_attack(scoreless, 0.1) is pgd
     assert default_attack(hooked, 0.1) is not pgd
+    assert default_attack(plain, 0.1) is not pgd          # the exact certifier's declared score
     # the hook is exact for a linear model: y_⊥ > y_j ⇔ r < ε
     labels, r = hooked.certified_radius(x)
     for eps in (0.05, 0.2):
@@ -300,8 +302,8 @@ def test_default_attack_uses_the_rejection_hook_when_present():
     explicit = rejection_pgd(plain, eps, rejection_loss=hooked.rejection_loss, steps=60, rel_step=0.05,
                              random_start=False)
     assert torch.equal(degradation_attack(plain, x, eps, attack=explicit), xp)
-    with pytest.raises(ValueError, match="rejection_loss"):
-        rejection_pgd(plain, 0.1)
+    with pytest.raises(ValueError, match="rejection_score"):
+        rejection_pgd(scoreless, 0.1)
     with pytest.raises(ValueError, match="rejection_loss"):
         rejection_pgd(plain, 0.1, rejection_loss=3)
 
