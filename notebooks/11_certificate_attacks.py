@@ -254,7 +254,6 @@ display(slope_table.rename(columns={"degraded": "share degraded", "median_slope_
 
 # %% tags=["remove-input", "nbval-ignore-output"]
 glue("proof_03", int(by.loc[main, "proof"]), display=False)
-glue("ub_03", int(by.loc[main, "upper_bound"]), display=False)
 glue("slope_n", len(ub_idx), display=False)
 glue("slope_proof", int(proof.sum()), display=False)
 glue("slope_ratio", float(np.median(ratio)), display=False)
@@ -304,7 +303,7 @@ glue("bound_s", t_bound, display=False)
 # %% tags=["remove-input"]
 ub = R & ~res["certified_2eps"].astype(bool)
 reached = ub & (res["rejected_cert"] | res["rejected_alg31"] | res["rejected_eps_pgd"]).astype(bool)
-glue("unreached_03", 1 - reached.sum() / ub.sum(), display=False)
+glue("unreached_03", float(1 - reached.sum() / ub.sum()), display=False)
 
 # %% [markdown]
 # ## Cost

@@ -338,11 +338,11 @@ for key, e in seq["models"].items():
 stable = pd.DataFrame(srows)
 for i, key in enumerate(seq["models"]):
     tag = ["s025", "s05", "s10"][i] if i < 3 else f"m{i}"
-    glue(f"savings_{tag}", stable.loc[i, "fewer than n0 + n"], display=False)
-    glue(f"live_savings_{tag}", stable.loc[i, "live: fewer than n0 + n"], display=False)
-    glue(f"agree_{tag}", stable.loc[i, "agreement"], display=False)
+    glue(f"savings_{tag}", float(stable.loc[i, "fewer than n0 + n"]), display=False)
+    glue(f"live_savings_{tag}", float(stable.loc[i, "live: fewer than n0 + n"]), display=False)
+    glue(f"agree_{tag}", float(stable.loc[i, "agreement"]), display=False)
     glue(f"images_{tag}", int(stable.loc[i, "images"]), display=False)
-    glue(f"median_{tag}", stable.loc[i, "median"], display=False)
+    glue(f"median_{tag}", float(stable.loc[i, "median"]), display=False)
 glue("disagreements_total", int(sum(e["disagreements"] for e in seq["models"].values())), display=False)
 glue("seq_table", stable.style.set_uuid("seq").format({"mean samples": "{:.0f}", "median": "{:.0f}", "99 % quantile": "{:.0f}",
                                        "fewer than n0 + n": "{:.0f}×", "agreement": "{:.2%}",
