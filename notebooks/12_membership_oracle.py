@@ -71,8 +71,9 @@ dev = dl.resolve_device(device)
 # the ball has another label, valid or not; that gap is what degradation attacks use. Given a
 # membership oracle, Section 4.2's fix reads, with our budgeted search:
 #
-# ```{prf:algorithm} PredictWithOracle (ours, after Section 4.2)
+# ```{prf:algorithm} (this book): PredictWithOracle, after Section 4.2
 # :label: alg-predict-with-oracle
+# :nonumber:
 # **Inputs** a model $f$, an input $x'$, a bound $\epsilon$, a metric $\ell_p$, a membership
 # oracle $O$ (a score $s$ and a threshold $\tau$: $x \in M$ is declared where $s(x) \le \tau$), a
 # search budget, a policy (reject or accept) \

@@ -207,8 +207,9 @@ glue("nb_table", nb.style.set_uuid("nbtimes").format({"wall time (s)": "{:.0f}"}
 # refused as fast. Our test looks at the count several times and stops as soon as the answer is
 # clear; it spends $\alpha$ over the looks so that the guarantee stays the one of CERTIFY.
 #
-# ```{prf:algorithm} Sequential ε-check (ours)
+# ```{prf:algorithm} (this book): Sequential ε-check
 # :label: alg-sequential-check
+# :nonumber:
 # **Inputs** a base classifier $f$, $\sigma$, an input $x$, $\epsilon > 0$, $n_0$, a budget $n$,
 # $\alpha$, $\beta$, looks $n_1 < \dots < n_K = n$, levels $\alpha_k$ with $\sum_k \alpha_k = \alpha$ \
 # **Output** $\hat c_A$ (certified at $\epsilon$) or $\bot$
@@ -228,9 +229,10 @@ glue("nb_table", nb.style.set_uuid("nbtimes").format({"wall time (s)": "{:.0f}"}
 # `certify`; `certified_radius` stays fixed-n CERTIFY. The default looks double from 32 samples
 # up to $n$, and half of $\alpha$ is spent at the last look, the rest evenly over the others.
 #
-# ```{prf:theorem} The sequential check has CERTIFY's guarantee
+# ```{prf:theorem} (this book): the sequential check has CERTIFY's guarantee
 # :label: thm-sequential
-# For every input $x$, the probability over the noise that {prf:ref}`alg-sequential-check`
+# :nonumber:
+# For every input $x$, the probability over the noise that {prf:ref}`the sequential ε-check <alg-sequential-check>`
 # returns $\hat c_A$ while $g$ is not certified at $\epsilon$ around $x$ with label $\hat c_A$
 # (that is, $g(x) \ne \hat c_A$ or $g$'s robust radius at $x$ is at most $\epsilon$) is at most
 # $\alpha$. At most $n_0 + n$ samples are drawn.
@@ -304,7 +306,7 @@ glue("rate_naive_lo", float(lo_n), display=False)
 # With $\alpha =$ {glue:text}`alpha_check:.2f` and {glue:text}`looks_check:d` looks, the
 # sequential test certified the input in {glue:text}`rate_seq:.2%` of the trials (99 % interval
 # {glue:text}`rate_seq_lo:.2%` to {glue:text}`rate_seq_hi:.2%`), within $\alpha$ as
-# {prf:ref}`thm-sequential` says, and below it because the union bound is conservative. The naive
+# {prf:ref}`the theorem <thm-sequential>` says, and below it because the union bound is conservative. The naive
 # test wrongly certified {glue:text}`rate_naive:.1%` of them (interval from
 # {glue:text}`rate_naive_lo:.1%`): looking repeatedly without spending $\alpha$ breaks the
 # guarantee. `tests/test_sequential.py` runs the same check.
