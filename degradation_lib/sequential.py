@@ -57,20 +57,10 @@ import numpy as np
 import torch
 
 from .certifier import ABSTAIN, check_eps
-from .smoothing import SmoothedClassifier, _check_alpha, _check_count, p_A_lower, radius_from_p_A_lower
+from .smoothing import SmoothedClassifier, _check_alpha, _check_count, _check_level, p_A_lower, radius_from_p_A_lower
 
 UNDECIDED, CERTIFIED, REFUSED = 0, 1, -1
 """Decision codes of :func:`decide_look` and :func:`sequential_certify` (``decision`` entry)."""
-
-
-def _check_level(value, name: str) -> float:
-    try:
-        v = float(value)
-    except (TypeError, ValueError):
-        raise ValueError(f"{name} must be a number in (0, 1), got {value!r}") from None
-    if not 0.0 < v < 1.0:
-        raise ValueError(f"{name} must be a number in (0, 1), got {value!r}")
-    return v
 
 
 def look_schedule(n: int, first_look: int = 32, growth: float = 2.0) -> np.ndarray:
@@ -104,12 +94,7 @@ def alpha_spending(alpha: float, num_looks: int, final_share: float = 0.5) -> np
     """
     alpha = _check_alpha(alpha)
     K = _check_count(num_looks, "num_looks")
-    try:
-        share = float(final_share)
-    except (TypeError, ValueError):
-        raise ValueError(f"final_share must be a number in (0, 1), got {final_share!r}") from None
-    if not 0.0 < share < 1.0:
-        raise ValueError(f"final_share must be a number in (0, 1), got {final_share!r}")
+    share = _check_level(final_share, "final_share")
     if K == 1:
         return np.array([alpha])
     levels = np.full(K, (1.0 - share) * alpha / (K - 1))

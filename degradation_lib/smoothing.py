@@ -42,14 +42,19 @@ DEFAULT_BATCH_SIZE = 2_000
 (use more on a GPU)."""
 
 
-def _check_alpha(alpha) -> float:
+def _check_level(value, name: str) -> float:
+    """``value`` as a float in the open interval (0, 1); ``ValueError`` naming ``name`` otherwise."""
     try:
-        value = float(alpha)
+        v = float(value)
     except (TypeError, ValueError):
-        raise ValueError(f"alpha must be a number in (0, 1), got {alpha!r}") from None
-    if not 0.0 < value < 1.0:
-        raise ValueError(f"alpha must be a number in (0, 1), got {alpha!r}")
-    return value
+        raise ValueError(f"{name} must be a number in (0, 1), got {value!r}") from None
+    if not 0.0 < v < 1.0:
+        raise ValueError(f"{name} must be a number in (0, 1), got {value!r}")
+    return v
+
+
+def _check_alpha(alpha) -> float:
+    return _check_level(alpha, "alpha")
 
 
 def _check_count(value, name: str) -> int:
