@@ -24,6 +24,9 @@ Spectral norms have two uses and two methods:
   :meth:`LipschitzLinear.converge`, :mod:`degradation_lib.spectral`): the explicit float64
   operator, its Gram matrix on the smaller side, and a Cholesky test that proves
   λ_max ≤ μ with every rounding error accounted for. The bound exceeds ‖A‖₂ by ~1e-9 relative.
+  Convolutions too large for an explicit Gram matrix (side > ``spectral.MAX_EXPLICIT_GRAM`` =
+  8192, e.g. CIFAR-10 feature maps) get the circulant bound of
+  :func:`degradation_lib.spectral.conv2d_circulant_bound` instead (proven, ≲ 1e-2 above).
   An estimate is not enough: with nearly equal top singular values power iteration stalls below
   ‖A‖₂ (by 4e-4 relative on a committed 4C3F layer), and an L_sub that is too small certifies
   points that are not robust (issue 13).
@@ -217,6 +220,7 @@ class LipschitzLinear(nn.Linear, PowerIterationMixin):
         res = spectral.dense_spectral_bound(self.weight, v0=self.u.detach().cpu().double().numpy())
         _set_iterate(self.u, res.right_vector)
         self._sigma_converged = res.bound
+        self.bound_method = res.method
         return res.bound
 
 
@@ -253,20 +257,27 @@ class LipschitzConv2d(nn.Conv2d, PowerIterationMixin):
         return F.conv2d(u, w, None, self.stride, self.padding)
 
     @torch.no_grad()
-    def converge(self, tol: float = 1e-9, max_steps: int = 1000, check_every: int = 100) -> float:
-        """A proven upper bound on ‖A‖₂ (float64, within ~1e-8 relative of it), computed on the CPU.
+    def converge(self, tol: float = 1e-9, max_steps: int = 1000, check_every: int = 100,
+                 max_gram_size: int | None = None) -> float:
+        """A proven upper bound on ‖A‖₂ (float64), computed on the CPU.
 
-        A is built explicitly from the weights (:func:`degradation_lib.spectral.conv2d_matrix`),
-        its Gram matrix on the smaller side is formed in float64 and a Cholesky test proves the
-        bound, rounding included (:func:`degradation_lib.spectral.spectral_norm_upper`). The
-        iterate ``u`` warm-starts the eigen-solver and is set to the top right singular vector.
-        ``tol``, ``max_steps`` and ``check_every`` are not used (kept for the signature of
+        :func:`degradation_lib.spectral.conv2d_spectral_bound`: while the side n of the
+        operator's Gram matrix is ≤ ``max_gram_size`` (default
+        :data:`degradation_lib.spectral.MAX_EXPLICIT_GRAM` = 8192; every MNIST layer), A is built
+        explicitly, its Gram matrix on the smaller side is formed in float64 and a Cholesky test
+        proves the bound, rounding included (within ~1e-8 relative of ‖A‖₂); the iterate ``u``
+        warm-starts the eigen-solver and is set to the top right singular vector. Larger layers
+        (CIFAR-10 feature maps) get the circulant bound (within a few 1e-2 relative; ``u`` is
+        left as it is). The route taken is recorded in ``bound_method``. ``tol``, ``max_steps``
+        and ``check_every`` are not used (kept for the signature of
         :meth:`PowerIterationMixin.converge`, which runs the power-iteration estimate).
         """
         res = spectral.conv2d_spectral_bound(self.weight, self.input_shape, self.stride[0], self.padding[0],
-                                             v0=self.u.detach().cpu().double().numpy())
-        _set_iterate(self.u, res.right_vector)
+                                             v0=self.u.detach().cpu().double().numpy(), max_gram_size=max_gram_size)
+        if res.right_vector is not None:
+            _set_iterate(self.u, res.right_vector)
         self._sigma_converged = res.bound
+        self.bound_method = res.method
         return res.bound
 
     def _op_t_with(self, w, v):
@@ -376,11 +387,12 @@ class GloroNet(nn.Module):
     """Proven norm bounds stored with a checkpoint: ``{"weights_sha256", "norms", ...}`` (see
     :meth:`converge`); set by :func:`load_checkpoint` from the json's ``"sound_norms"``."""
 
-    def converge(self, tol: float = 1e-9, max_steps: int = 1000) -> list[float]:
+    def converge(self, tol: float = 1e-9, max_steps: int = 1000, max_gram_size: int | None = None) -> list[float]:
         """Proven upper bounds on ‖A_l‖₂ for every layer below the output (float64), in order.
 
-        Each is :meth:`LipschitzConv2d.converge` / :meth:`LipschitzLinear.converge` (seconds for
-        a 4C3F net on a CPU), unless :attr:`sound_norms_cache` holds bounds for weights with the
+        Each is :meth:`LipschitzConv2d.converge` (with ``max_gram_size``, the size above which a
+        convolution gets the circulant bound) / :meth:`LipschitzLinear.converge` (seconds for a
+        4C3F net on a CPU), unless :attr:`sound_norms_cache` holds bounds for weights with the
         same :meth:`weights_sha256`, which are then returned (and the iterates left as they are).
         ``tol`` and ``max_steps`` are not used (kept for callers of the former power iteration).
         """
@@ -390,21 +402,27 @@ class GloroNet(nn.Module):
             for layer, v in zip(self.body, norms):
                 layer._sigma_converged = v
             return norms
-        return [layer.converge() for layer in self.body]
+        return [layer.converge(max_gram_size=max_gram_size) if isinstance(layer, LipschitzConv2d) else layer.converge()
+                for layer in self.body]
 
     def sound_norms_record(self) -> dict:
         """A json-able record of proven norm bounds of the current weights, for the checkpoint json.
 
-        ``{"weights_sha256": ..., "norms": [...], "method": ..., "seconds": ...}``; passing it to
+        ``{"weights_sha256": ..., "norms": [...], "method": ..., "seconds": ...}`` (plus
+        ``"layer_methods"`` when some layer used the circulant bound); passing it to
         :attr:`sound_norms_cache` makes :meth:`converge` skip the computation for these weights.
         """
         import time
         t0 = time.perf_counter()
         norms = [layer.converge() for layer in self.body]
-        return {"weights_sha256": self.weights_sha256(), "norms": norms,
-                "method": "degradation_lib.spectral.spectral_norm_upper (explicit float64 operator, "
-                          "Gram on the smaller side, Cholesky test with rounding bounds)",
-                "seconds": round(time.perf_counter() - t0, 2)}
+        record = {"weights_sha256": self.weights_sha256(), "norms": norms,
+                  "method": "degradation_lib.spectral.spectral_norm_upper (explicit float64 operator, "
+                            "Gram on the smaller side, Cholesky test with rounding bounds)",
+                  "seconds": round(time.perf_counter() - t0, 2)}
+        methods = [layer.bound_method for layer in self.body]
+        if any(m != "explicit" for m in methods):   # e.g. CIFAR-10 layers above spectral.MAX_EXPLICIT_GRAM
+            record["layer_methods"] = methods
+        return record
 
     def weights_sha256(self) -> str:
         """SHA-256 of the body's weights (as float64, CPU) and layer geometry: the key of the norm cache.
@@ -505,6 +523,12 @@ DEVICE_ROUNDING_SLACK = 2.0 ** 10
 runs on an accelerator (any device but the CPU); see :class:`GloroCertifier`, "Accelerators"."""
 
 
+def _device_type(device) -> str:
+    """``torch.device(device).type``; the one place the certifier asks which device it is on (tests
+    substitute it to run the CUDA branch on a CPU)."""
+    return torch.device(device).type
+
+
 def certification_forward_dtype(model_dtype: torch.dtype, device, forward_dtype: torch.dtype | None = None) -> torch.dtype:
     """The dtype of the convolutions in the certifying forward pass.
 
@@ -513,14 +537,14 @@ def certification_forward_dtype(model_dtype: torch.dtype, device, forward_dtype:
     """
     if forward_dtype is not None:
         return forward_dtype
-    return model_dtype if torch.device(device).type == "cpu" else torch.float64
+    return model_dtype if _device_type(device) == "cpu" else torch.float64
 
 
 def rounding_unit(dtype: torch.dtype, device) -> float:
     """The unit roundoff the forward-error bound uses for ``dtype`` on ``device``: u = eps/2, times
     :data:`DEVICE_ROUNDING_SLACK` for float64 off the CPU."""
     u = torch.finfo(dtype).eps / 2
-    if dtype == torch.float64 and torch.device(device).type != "cpu":
+    if dtype == torch.float64 and _device_type(device) != "cpu":
         u *= DEVICE_ROUNDING_SLACK
     return u
 
@@ -573,7 +597,7 @@ def _check_ieee(device) -> None:
     for name in ("mkldnn.matmul", "mkldnn.conv"):
         if st[name] not in (None, "ieee"):
             bad.append(f"{name} precision {st[name]!r}")
-    if torch.device(device).type == "cuda" and st["cudnn_enabled"]:
+    if _device_type(device) == "cuda" and st["cudnn_enabled"]:
         bad.append("cuDNN enabled")
     if bad:
         raise RuntimeError("the certifying forward pass needs IEEE float32 arithmetic, but: " + "; ".join(bad))
@@ -602,7 +626,7 @@ def _ieee_fp32(device: torch.device):
         for b, v in zip(backends, saved):
             if v is not None:
                 b.fp32_precision = "ieee"
-        if torch.device(device).type == "cuda":
+        if _device_type(device) == "cuda":
             torch.backends.cudnn.enabled = False
         _check_ieee(device)
         yield
@@ -666,7 +690,7 @@ class GloroCertifier(Certifier):
       driver ignore the flags and use an FFT or Winograd float64 convolution, its normwise error
       (≲ c·log₂(n)·u·‖A‖·‖h‖ with c ≈ 10 for FFT, Higham §24.1; small multiples of the direct
       error for Winograd tiles ≤ 6, Barabasz et al. 2020) is below the per-layer term
-      γ_k(α‖h‖ + ‖b‖) ≥ k·2¹⁰·u·‖A‖₂·‖h‖ (α ≥ ‖|A|‖₂ ≥ ‖A‖₂, k ≥ 28 here) by orders of magnitude.
+      γ_k(α‖h‖ + ‖b‖) ≥ k·2¹⁰·u·‖A‖₂·‖h‖ (α ≥ ‖|A|‖₂ ≥ ‖A‖₂, k ≥ 10 here) by a factor ≳ 50.
       Its cost on the radius is ~1e-10 relative. An explicit ``forward_dtype=torch.float32``
       on CUDA is honoured and relies on 2 alone (float32 IEEE, checked as above).
       ``tests/benchmarks/check_gloro_soundness.py --device cuda`` checks both dtypes on a GPU
