@@ -433,6 +433,90 @@ def test_radius_accounts_for_input_rounding():
 
 
 # -------------------------------------------------------------------------------------------
+# Accelerators: the CUDA branch of the certifier, exercised on the CPU
+# -------------------------------------------------------------------------------------------
+
+@pytest.fixture
+def hostile_fp32_settings():
+    """TF32 on for cuBLAS (legacy API) and cuDNN, cuDNN benchmark on; restored afterwards."""
+    saved = (torch.get_float32_matmul_precision(), torch.backends.cudnn.allow_tf32, torch.backends.cudnn.benchmark,
+             torch.backends.cuda.matmul.fp32_precision, torch.backends.cudnn.conv.fp32_precision,
+             torch.backends.mkldnn.matmul.fp32_precision, torch.backends.mkldnn.conv.fp32_precision)
+    torch.set_float32_matmul_precision("high")
+    torch.backends.cudnn.allow_tf32 = True
+    torch.backends.cudnn.benchmark = True
+    yield
+    torch.set_float32_matmul_precision(saved[0])
+    torch.backends.cudnn.allow_tf32, torch.backends.cudnn.benchmark = saved[1], saved[2]
+    (torch.backends.cuda.matmul.fp32_precision, torch.backends.cudnn.conv.fp32_precision,
+     torch.backends.mkldnn.matmul.fp32_precision, torch.backends.mkldnn.conv.fp32_precision) = saved[3:]
+
+
+def test_cuda_selects_float64_and_inflated_unit():
+    from degradation_lib.gloro import DEVICE_ROUNDING_SLACK, certification_forward_dtype, rounding_unit
+    assert certification_forward_dtype(torch.float32, torch.device("cpu")) == torch.float32
+    assert certification_forward_dtype(torch.float32, torch.device("cuda", 0)) == torch.float64
+    assert certification_forward_dtype(torch.float32, "cuda", torch.float32) == torch.float32   # explicit choice
+    assert certification_forward_dtype(torch.float64, "cpu") == torch.float64
+    assert rounding_unit(torch.float64, "cpu") == 2.0 ** -53
+    assert rounding_unit(torch.float64, "cuda") == 2.0 ** -53 * DEVICE_ROUNDING_SLACK == 2.0 ** -43
+    assert rounding_unit(torch.float32, "cuda") == rounding_unit(torch.float32, "cpu") == 2.0 ** -24
+
+
+def test_ieee_context_overrides_tf32_and_cudnn(hostile_fp32_settings):
+    """With TF32 switched on through the legacy API (the usual ``set_float32_matmul_precision("high")``),
+    the certification context turns it off consistently in both APIs (setting only the new one
+    leaves a mixed state in which cuBLAS float32 calls raise), disables cuDNN on CUDA, and restores
+    everything on exit; outside the context the check refuses."""
+    from degradation_lib.gloro import _check_ieee, _ieee_fp32, fp32_state
+    before = fp32_state("cuda")
+    assert before["cublas_tf32"] is True and before["matmul_precision"] == "high" and before["cudnn_enabled"]
+    with pytest.raises(RuntimeError, match="TF32"):
+        _check_ieee("cuda")
+    with _ieee_fp32(torch.device("cuda")):
+        inside = fp32_state("cuda")
+        assert inside["cublas_tf32"] is False and inside["matmul_precision"] == "highest"
+        assert not inside["cudnn_enabled"]
+        assert all(inside[b] == "ieee" for b in ("cuda.matmul", "cudnn.conv", "mkldnn.matmul", "mkldnn.conv"))
+        assert torch.backends.cuda.matmul.allow_tf32 is False      # readable: no mixed legacy/new state
+    assert fp32_state("cuda") == before
+    with _ieee_fp32(torch.device("cpu")):
+        assert torch.backends.cudnn.enabled                        # cuDNN is left alone on the CPU
+    assert fp32_state("cpu") == before
+
+
+def test_certifier_cuda_branch_is_float64_ieee_and_sound(monkeypatch, exact_norms, hostile_fp32_settings):
+    """The certifier's CUDA branch, run on the CPU by substituting the device seam: the
+    convolutions get float64 inputs inside the IEEE context with cuDNN off, the radius is sound
+    (≤ the float64 reference with exact constants) and within 1e-6 of the CPU float64 forward's."""
+    from degradation_lib import gloro, load_mnist
+    name = "mnist_0.3"
+    x = load_mnist("test")[0][:500]
+    cert = load_model(name)
+    r_cpu64 = GloroCertifier(cert.model, forward_dtype=torch.float64).certified_radius(x)[1]
+    seen = []
+    real_conv2d = F.conv2d
+
+    def spy_conv2d(inp, weight, *args, **kwargs):
+        seen.append((inp.dtype, weight.dtype, torch.backends.cudnn.enabled, gloro.fp32_state("cuda")["cublas_tf32"]))
+        return real_conv2d(inp, weight, *args, **kwargs)
+
+    monkeypatch.setattr(gloro, "_device_type", lambda device: "cuda")
+    monkeypatch.setattr(gloro.F, "conv2d", spy_conv2d)
+    cuda_cert = GloroCertifier(cert.model)
+    labels, radius = cuda_cert.certified_radius(x)
+    monkeypatch.undo()
+    convs = sum(isinstance(l, LipschitzConv2d) for l in cert.model.body)
+    assert len(seen) >= convs
+    assert set(seen[-convs:]) == {(torch.float64, torch.float64, False, False)}
+    ref_labels, ref = reference_radius(name, x, exact_norms[name])
+    assert (radius <= ref).all()
+    # the inflated unit (2⁻⁴³) costs ≤ 2e-8 of radius here (measured), plus float32 output rounding
+    assert (radius <= r_cpu64).all() and ((r_cpu64 - radius) <= 1e-6).all()
+    assert torch.equal(labels[radius > 0], ref_labels[radius > 0])
+
+
+# -------------------------------------------------------------------------------------------
 # Clopper–Pearson at the edges
 # -------------------------------------------------------------------------------------------
 
