@@ -439,6 +439,8 @@ def test_radius_accounts_for_input_rounding():
 @pytest.fixture
 def hostile_fp32_settings():
     """TF32 on for cuBLAS (legacy API) and cuDNN, cuDNN benchmark on; restored afterwards."""
+    from degradation_lib.gloro import fp32_state
+    original = fp32_state("cuda")
     saved = (torch.get_float32_matmul_precision(), torch.backends.cudnn.allow_tf32, torch.backends.cudnn.benchmark,
              torch.backends.cuda.matmul.fp32_precision, torch.backends.cudnn.conv.fp32_precision,
              torch.backends.mkldnn.matmul.fp32_precision, torch.backends.mkldnn.conv.fp32_precision)
@@ -450,6 +452,7 @@ def hostile_fp32_settings():
     torch.backends.cudnn.allow_tf32, torch.backends.cudnn.benchmark = saved[1], saved[2]
     (torch.backends.cuda.matmul.fp32_precision, torch.backends.cudnn.conv.fp32_precision,
      torch.backends.mkldnn.matmul.fp32_precision, torch.backends.mkldnn.conv.fp32_precision) = saved[3:]
+    assert fp32_state("cuda") == original
 
 
 def test_cuda_selects_float64_and_inflated_unit():
