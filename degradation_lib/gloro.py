@@ -26,7 +26,7 @@ Spectral norms have two uses and two methods:
   λ_max ≤ μ with every rounding error accounted for. The bound exceeds ‖A‖₂ by ~1e-9 relative.
   Convolutions too large for an explicit Gram matrix (side > ``spectral.MAX_EXPLICIT_GRAM`` =
   8192, e.g. CIFAR-10 feature maps) get the circulant bound of
-  :func:`degradation_lib.spectral.conv2d_circulant_bound` instead (proven, ≲ 1e-2 above).
+  :func:`degradation_lib.spectral.conv2d_circulant_bound` instead (proven; ≤ 1.1e-2 above on random CIFAR-10 layers).
   An estimate is not enough: with nearly equal top singular values power iteration stalls below
   ‖A‖₂ (by 4e-4 relative on a committed 4C3F layer), and an L_sub that is too small certifies
   points that are not robust (issue 13).

@@ -49,8 +49,9 @@ Method
    spectral norm of its C_out × C' Fourier symbols (Sedghi et al. 2019); each symbol is bounded by
    the same Cholesky test, and the rounding of the symbols themselves is bounded too (proof in
    :func:`conv2d_circulant_bound`). Proven ≥ ‖A‖₂; it exceeds it by a boundary effect that
-   vanishes as the input grows (≤ 0.75 % on the committed MNIST layers, ≤ 0.8 % on random
-   CIFAR-sized layers), and costs well under a second per layer.
+   vanishes as the input grows (≤ 0.75 % on the committed MNIST layers, ≤ 1.1 % on random
+   CIFAR-10 6C2F layers, up to 15 % on tiny 6 × 5 inputs), and costs about a second per layer at
+   most (tests/benchmarks/bench_spectral.py).
 
 The rounding terms are tiny (c₁ ≲ n²u·μ ≈ 4e-9·μ for n = 6272), so ``bound`` exceeds ‖A‖₂ by
 about δ/2 on the explicit route. Assumptions: IEEE float64 with round-to-nearest, no underflow, LAPACK Cholesky with
@@ -59,8 +60,9 @@ conventional (non-Strassen) BLAS; the computation runs on the CPU whatever the m
 Cost (2-core CPU): an MNIST 4C3F net (largest Gram 6272 × 6272, half-bandwidth ≤ 991) takes
 seconds; the banded factorisation is what makes this cheap (n·b² instead of n³/3 flops). A
 32 × 32 × 32-channel CIFAR convolution (n = 32768, b = 2143) would need ~0.6 GB for the band and
-~2 GB for the sparse Gram matrix: it takes the circulant route (0.5 s). A random-weight CIFAR-10
-6C2F stack takes ~14 s in all (explicit for n ≤ 8192, circulant above).
+~2 GB for the sparse Gram matrix: it takes the circulant route (~1 s). A random-weight CIFAR-10
+6C2F stack takes ~14 s in all (explicit for n ≤ 8192, circulant above), 1.7 s with the circulant
+route forced everywhere.
 """
 
 from __future__ import annotations
@@ -439,9 +441,11 @@ def conv2d_circulant_bound(weight, input_shape, stride: int, padding: int, max_t
     Tightness: the bound is the norm of the circular convolution, i.e. of the symbol on a grid;
     it exceeds ‖A‖₂ by a boundary effect that vanishes as H, W → ∞ (the zero-padded operator's norm
     tends to sup_θ ‖K̂(θ)‖₂ from below, while the grid maximum approaches it from below too, and
-    is ≥ ‖A‖₂ at every size): measured ≤ a few 1e-2 relative on random and trained layers at
-    28 × 28 and 32 × 32 (tests/test_soundness.py). Cost: F = N_y·N_x small SVD-sized problems,
-    ~0.1 s for a 32 × 32 × 32 → 32 convolution (its explicit Gram has side 32768).
+    is ≥ ‖A‖₂ at every size): measured ≤ 1.1e-2 relative on random CIFAR-10 6C2F layers
+    (32 × 32 × 3 input), ≤ 7.5e-3 on the committed MNIST layers, up to 0.15 on tiny (6 × 5)
+    inputs (tests/benchmarks/bench_spectral.py). Cost: F = N_y·N_x small eigenvalue problems
+    and Cholesky factorisations, 0.5–1.5 s for a 32 × 32 × 32 → 32 convolution on one loaded
+    core (its explicit Gram matrix would have side 32768).
 
     Returns:
         :class:`SpectralBound` with ``method="circulant"``, ``gram_size`` = n (per frequency),
