@@ -452,10 +452,12 @@ def conv2d_circulant_bound(weight, input_shape, stride: int, padding: int, max_t
         ``bandwidth`` = F (number of frequencies), ``right_vector`` None.
     """
     wp, torus = conv2d_polyphase(weight, input_shape, stride, padding)
+    if not np.all(np.isfinite(wp)):
+        raise ValueError("weight must have finite entries")
     c_out, c_ph, my, mx = wp.shape
     M = my * mx
-    fro2 = _up(float(np.sum(wp * wp)) * (1.0 + gamma(wp.size + 2)))          # ≥ ‖w‖_F²
-    if fro2 == 0.0:
+    fro2 = _up(float(np.sum(wp * wp)) * (1.0 + gamma(wp.size + 2)))          # ≥ ‖w‖_F² (no underflow)
+    if not np.any(wp):
         return SpectralBound(0.0, 0.0, None, 2 * min(c_out, c_ph), torus[0] * torus[1], 0.0, "circulant")
     eps_e = _up(TRIG_ABS_ERROR + gamma(M) * (1.0 + TRIG_ABS_ERROR))
     eta = _up(math.sqrt(2.0) * eps_e * math.sqrt(M) * _up(math.sqrt(fro2)), 8)

@@ -273,6 +273,8 @@ def test_circulant_bound_edge_cases():
         conv2d_circulant_bound(torch.zeros(2, 3, 3, 3), (3, 8, 8), 0, 1)   # stride 0
     with pytest.raises(ValueError):
         conv2d_circulant_bound(torch.zeros(2, 3, 5, 5), (3, 2, 2), 1, 0)   # kernel larger than input
+    with pytest.raises(ValueError):
+        conv2d_circulant_bound(torch.full((2, 3, 3, 3), math.nan), (3, 8, 8), 1, 1)
 
 
 # -------------------------------------------------------------------------------------------
