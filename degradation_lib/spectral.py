@@ -443,7 +443,10 @@ def conv2d_circulant_bound(weight, input_shape, stride: int, padding: int, max_t
     tends to sup_θ ‖K̂(θ)‖₂ from below, while the grid maximum approaches it from below too, and
     is ≥ ‖A‖₂ at every size): measured ≤ 1.1e-2 relative on random CIFAR-10 6C2F layers
     (32 × 32 × 3 input), ≤ 7.5e-3 on the committed MNIST layers, up to 0.15 on tiny (6 × 5)
-    inputs (tests/benchmarks/bench_spectral.py). Cost: F = N_y·N_x small eigenvalue problems
+    inputs (tests/benchmarks/bench_spectral.py). For a fixed input size it does not converge to
+    ‖A‖₂ (its value is the circular convolution's norm, which Gram iteration on the symbols
+    would also converge to from above); where the explicit route's ~1e-8 is needed, raise
+    ``max_gram_size`` of :func:`conv2d_spectral_bound`. Cost: F = N_y·N_x small eigenvalue problems
     and Cholesky factorisations, 0.5–1.5 s for a 32 × 32 × 32 → 32 convolution on one loaded
     core (its explicit Gram matrix would have side 32768).
 
