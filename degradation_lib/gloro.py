@@ -24,6 +24,9 @@ Spectral norms have two uses and two methods:
   :meth:`LipschitzLinear.converge`, :mod:`degradation_lib.spectral`): the explicit float64
   operator, its Gram matrix on the smaller side, and a Cholesky test that proves
   λ_max ≤ μ with every rounding error accounted for. The bound exceeds ‖A‖₂ by ~1e-9 relative.
+  Convolutions too large for an explicit Gram matrix (side > ``spectral.MAX_EXPLICIT_GRAM`` =
+  8192, e.g. CIFAR-10 feature maps) get the circulant bound of
+  :func:`degradation_lib.spectral.conv2d_circulant_bound` instead (proven; ≤ 1.1e-2 above on random CIFAR-10 layers).
   An estimate is not enough: with nearly equal top singular values power iteration stalls below
   ‖A‖₂ (by 4e-4 relative on a committed 4C3F layer), and an L_sub that is too small certifies
   points that are not robust (issue 13).
@@ -217,6 +220,7 @@ class LipschitzLinear(nn.Linear, PowerIterationMixin):
         res = spectral.dense_spectral_bound(self.weight, v0=self.u.detach().cpu().double().numpy())
         _set_iterate(self.u, res.right_vector)
         self._sigma_converged = res.bound
+        self.bound_method = res.method
         return res.bound
 
 
@@ -253,20 +257,27 @@ class LipschitzConv2d(nn.Conv2d, PowerIterationMixin):
         return F.conv2d(u, w, None, self.stride, self.padding)
 
     @torch.no_grad()
-    def converge(self, tol: float = 1e-9, max_steps: int = 1000, check_every: int = 100) -> float:
-        """A proven upper bound on ‖A‖₂ (float64, within ~1e-8 relative of it), computed on the CPU.
+    def converge(self, tol: float = 1e-9, max_steps: int = 1000, check_every: int = 100,
+                 max_gram_size: int | None = None) -> float:
+        """A proven upper bound on ‖A‖₂ (float64), computed on the CPU.
 
-        A is built explicitly from the weights (:func:`degradation_lib.spectral.conv2d_matrix`),
-        its Gram matrix on the smaller side is formed in float64 and a Cholesky test proves the
-        bound, rounding included (:func:`degradation_lib.spectral.spectral_norm_upper`). The
-        iterate ``u`` warm-starts the eigen-solver and is set to the top right singular vector.
-        ``tol``, ``max_steps`` and ``check_every`` are not used (kept for the signature of
+        :func:`degradation_lib.spectral.conv2d_spectral_bound`: while the side n of the
+        operator's Gram matrix is ≤ ``max_gram_size`` (default
+        :data:`degradation_lib.spectral.MAX_EXPLICIT_GRAM` = 8192; every MNIST layer), A is built
+        explicitly, its Gram matrix on the smaller side is formed in float64 and a Cholesky test
+        proves the bound, rounding included (within ~1e-8 relative of ‖A‖₂); the iterate ``u``
+        warm-starts the eigen-solver and is set to the top right singular vector. Larger layers
+        (CIFAR-10 feature maps) get the circulant bound (≤ 1.1e-2 relative above, measured; ``u`` is
+        left as it is). The route taken is recorded in ``bound_method``. ``tol``, ``max_steps``
+        and ``check_every`` are not used (kept for the signature of
         :meth:`PowerIterationMixin.converge`, which runs the power-iteration estimate).
         """
         res = spectral.conv2d_spectral_bound(self.weight, self.input_shape, self.stride[0], self.padding[0],
-                                             v0=self.u.detach().cpu().double().numpy())
-        _set_iterate(self.u, res.right_vector)
+                                             v0=self.u.detach().cpu().double().numpy(), max_gram_size=max_gram_size)
+        if res.right_vector is not None:
+            _set_iterate(self.u, res.right_vector)
         self._sigma_converged = res.bound
+        self.bound_method = res.method
         return res.bound
 
     def _op_t_with(self, w, v):
@@ -376,11 +387,12 @@ class GloroNet(nn.Module):
     """Proven norm bounds stored with a checkpoint: ``{"weights_sha256", "norms", ...}`` (see
     :meth:`converge`); set by :func:`load_checkpoint` from the json's ``"sound_norms"``."""
 
-    def converge(self, tol: float = 1e-9, max_steps: int = 1000) -> list[float]:
+    def converge(self, tol: float = 1e-9, max_steps: int = 1000, max_gram_size: int | None = None) -> list[float]:
         """Proven upper bounds on ‖A_l‖₂ for every layer below the output (float64), in order.
 
-        Each is :meth:`LipschitzConv2d.converge` / :meth:`LipschitzLinear.converge` (seconds for
-        a 4C3F net on a CPU), unless :attr:`sound_norms_cache` holds bounds for weights with the
+        Each is :meth:`LipschitzConv2d.converge` (with ``max_gram_size``, the size above which a
+        convolution gets the circulant bound) / :meth:`LipschitzLinear.converge` (seconds for a
+        4C3F net on a CPU), unless :attr:`sound_norms_cache` holds bounds for weights with the
         same :meth:`weights_sha256`, which are then returned (and the iterates left as they are).
         ``tol`` and ``max_steps`` are not used (kept for callers of the former power iteration).
         """
@@ -390,21 +402,27 @@ class GloroNet(nn.Module):
             for layer, v in zip(self.body, norms):
                 layer._sigma_converged = v
             return norms
-        return [layer.converge() for layer in self.body]
+        return [layer.converge(max_gram_size=max_gram_size) if isinstance(layer, LipschitzConv2d) else layer.converge()
+                for layer in self.body]
 
     def sound_norms_record(self) -> dict:
         """A json-able record of proven norm bounds of the current weights, for the checkpoint json.
 
-        ``{"weights_sha256": ..., "norms": [...], "method": ..., "seconds": ...}``; passing it to
+        ``{"weights_sha256": ..., "norms": [...], "method": ..., "seconds": ...}`` (plus
+        ``"layer_methods"`` when some layer used the circulant bound); passing it to
         :attr:`sound_norms_cache` makes :meth:`converge` skip the computation for these weights.
         """
         import time
         t0 = time.perf_counter()
         norms = [layer.converge() for layer in self.body]
-        return {"weights_sha256": self.weights_sha256(), "norms": norms,
-                "method": "degradation_lib.spectral.spectral_norm_upper (explicit float64 operator, "
-                          "Gram on the smaller side, Cholesky test with rounding bounds)",
-                "seconds": round(time.perf_counter() - t0, 2)}
+        record = {"weights_sha256": self.weights_sha256(), "norms": norms,
+                  "method": "degradation_lib.spectral.spectral_norm_upper (explicit float64 operator, "
+                            "Gram on the smaller side, Cholesky test with rounding bounds)",
+                  "seconds": round(time.perf_counter() - t0, 2)}
+        methods = [layer.bound_method for layer in self.body]
+        if any(m != "explicit" for m in methods):   # e.g. CIFAR-10 layers above spectral.MAX_EXPLICIT_GRAM
+            record["layer_methods"] = methods
+        return record
 
     def weights_sha256(self) -> str:
         """SHA-256 of the body's weights (as float64, CPU) and layer geometry: the key of the norm cache.
@@ -500,24 +518,122 @@ def gloro_loss(y: torch.Tensor, K: torch.Tensor, labels: torch.Tensor, eps: floa
 # ---------------------------------------------------------------------------------------------
 
 
+DEVICE_ROUNDING_SLACK = 2.0 ** 10
+"""Factor on the float64 unit roundoff in the rounding bound of a certifying forward pass that
+runs on an accelerator (any device but the CPU); see :class:`GloroCertifier`, "Accelerators"."""
+
+
+def _device_type(device) -> str:
+    """``torch.device(device).type``; the one place the certifier asks which device it is on (tests
+    substitute it to run the CUDA branch on a CPU)."""
+    return torch.device(device).type
+
+
+def certification_forward_dtype(model_dtype: torch.dtype, device, forward_dtype: torch.dtype | None = None) -> torch.dtype:
+    """The dtype of the convolutions in the certifying forward pass.
+
+    ``forward_dtype`` if given; otherwise the model's dtype on the CPU and ``torch.float64`` on
+    any other device (CUDA: see :class:`GloroCertifier`, "Accelerators").
+    """
+    if forward_dtype is not None:
+        return forward_dtype
+    return model_dtype if _device_type(device) == "cpu" else torch.float64
+
+
+def rounding_unit(dtype: torch.dtype, device) -> float:
+    """The unit roundoff the forward-error bound uses for ``dtype`` on ``device``: u = eps/2, times
+    :data:`DEVICE_ROUNDING_SLACK` for float64 off the CPU."""
+    u = torch.finfo(dtype).eps / 2
+    if dtype == torch.float64 and _device_type(device) != "cpu":
+        u *= DEVICE_ROUNDING_SLACK
+    return u
+
+
+_FP32_BACKENDS = ("cuda.matmul", "cudnn.conv", "mkldnn.matmul", "mkldnn.conv")
+
+
+def _backend(name: str):
+    obj = torch.backends
+    for part in name.split("."):
+        obj = getattr(obj, part, None)
+        if obj is None:
+            return None
+    return obj
+
+
+def fp32_state(device) -> dict:
+    """The settings that decide how float32 matmuls and convolutions are computed on ``device``.
+
+    ``{"matmul_precision", "cublas_tf32", "cudnn_enabled", "<backend>": fp32_precision, ...}``;
+    ``cublas_tf32`` is ``"inconsistent"`` where PyTorch refuses to say (legacy and new TF32 APIs
+    mixed: cuBLAS calls would then raise).
+    """
+    state = {}
+    try:
+        state["matmul_precision"] = torch.get_float32_matmul_precision()
+    except RuntimeError:
+        state["matmul_precision"] = "inconsistent"
+    try:
+        state["cublas_tf32"] = bool(torch.backends.cuda.matmul.allow_tf32)
+    except RuntimeError:
+        state["cublas_tf32"] = "inconsistent"
+    state["cudnn_enabled"] = bool(torch.backends.cudnn.enabled)
+    for name in _FP32_BACKENDS:
+        b = _backend(name)
+        state[name] = getattr(b, "fp32_precision", None)
+    return state
+
+
+def _check_ieee(device) -> None:
+    """Raise ``RuntimeError`` unless float32 matmuls and convolutions on ``device`` are IEEE:
+    cuBLAS without TF32, ``"highest"`` matmul precision, oneDNN in ``"ieee"`` mode, and on CUDA
+    cuDNN disabled."""
+    st = fp32_state(device)
+    bad = []
+    if st["matmul_precision"] != "highest":
+        bad.append(f"float32 matmul precision {st['matmul_precision']!r}")
+    if st["cublas_tf32"] is not False:
+        bad.append(f"cuBLAS TF32 {st['cublas_tf32']!r}")
+    for name in ("mkldnn.matmul", "mkldnn.conv"):
+        if st[name] not in (None, "ieee"):
+            bad.append(f"{name} precision {st[name]!r}")
+    if _device_type(device) == "cuda" and st["cudnn_enabled"]:
+        bad.append("cuDNN enabled")
+    if bad:
+        raise RuntimeError("the certifying forward pass needs IEEE float32 arithmetic, but: " + "; ".join(bad))
+
+
 @contextlib.contextmanager
 def _ieee_fp32(device: torch.device):
     """Full IEEE float32 for matmuls and convolutions inside the block (no TF32 or bf16 shortcuts);
     on CUDA also without cuDNN, whose Winograd/FFT algorithms have no entrywise error bound.
-    The global settings are restored on exit."""
-    backends = [torch.backends.cuda.matmul, torch.backends.cudnn.conv, torch.backends.mkldnn.matmul,
-                torch.backends.mkldnn.conv]
-    saved = [getattr(b, "fp32_precision", None) for b in backends]
+
+    Both PyTorch APIs are set, consistently: the legacy ``torch.set_float32_matmul_precision``
+    ("highest") and the per-backend ``fp32_precision`` ("ieee"). Setting only the new one after a
+    caller's ``set_float32_matmul_precision("high")`` leaves PyTorch in a mixed state in which
+    every cuBLAS float32 call raises. The settings in force are checked on entry
+    (:func:`_check_ieee`), and all global settings are restored on exit.
+    """
     try:
+        saved_precision = torch.get_float32_matmul_precision()
+    except RuntimeError:
+        saved_precision = None
+    backends = [_backend(name) for name in _FP32_BACKENDS]
+    saved = [getattr(b, "fp32_precision", None) for b in backends]
+    saved_cudnn = torch.backends.cudnn.enabled
+    try:
+        torch.set_float32_matmul_precision("highest")
         for b, v in zip(backends, saved):
             if v is not None:
                 b.fp32_precision = "ieee"
-        if torch.device(device).type == "cuda":
-            with torch.backends.cudnn.flags(enabled=False):
-                yield
-        else:
-            yield
+        if _device_type(device) == "cuda":
+            torch.backends.cudnn.enabled = False
+        _check_ieee(device)
+        yield
     finally:
+        torch.backends.cudnn.enabled = saved_cudnn
+        if saved_precision is not None:
+            torch.set_float32_matmul_precision(saved_precision)
         for b, v in zip(backends, saved):
             if v is not None:
                 b.fp32_precision = v
@@ -531,8 +647,10 @@ class GloroCertifier(Certifier):
         tol: kept for compatibility (the former power-iteration tolerance); not used.
         unit_range: require inputs in [0, 1].
         forward_dtype: dtype of the convolutions in the certifying forward pass; None (default)
-            uses the model's. ``torch.float64`` makes the rounding term negligible (radii tighter
-            by up to ~1e-2 on the 4C3F nets) at ~3.5× the cost of a float32 pass on a CPU.
+            uses the model's on the CPU and float64 on any other device (see "Accelerators"
+            below, :func:`certification_forward_dtype`). ``torch.float64`` makes the rounding
+            term negligible (radii tighter by up to ~1e-2 on the 4C3F nets) at ~3.5× the cost of
+            a float32 pass on a CPU.
 
     Soundness (issue 13). The certified radius is a lower bound on the true one of the network
     evaluated in exact arithmetic, on either device:
@@ -552,6 +670,37 @@ class GloroCertifier(Certifier):
       Costs one forward pass plus one norm per layer; see :meth:`certified_radius`.
     * **Input.** An input in another dtype than the model's is rounded to it; the distance is
       subtracted from the radius.
+    * **Accelerators (CUDA).** The bound above assumes every product and sum of the forward pass
+      is one IEEE operation in the forward dtype (any order, fused multiply-adds included). On
+      CUDA, PyTorch may instead use TF32 for float32 matmuls and convolutions (10-bit mantissa:
+      errors ~1e3 × float32's) and cuDNN may pick FFT or Winograd convolutions, whose error is
+      not bounded by γ_k|A||h|. Hence, on any device but the CPU:
+
+      1. the convolutions run in **float64** by default (:func:`certification_forward_dtype`);
+         no TF32 exists for float64, and the dense layers and head are float64 anyway;
+      2. inside the forward pass (:func:`_ieee_fp32`) cuDNN is disabled, so PyTorch's own
+         convolution (im2col and a cuBLAS GEMM: a sum of products, any order) runs, cuBLAS TF32
+         is off through both PyTorch APIs, and the settings actually in force are read back and
+         checked before the pass (:func:`_check_ieee`; a mixed legacy/new TF32 state raises);
+      3. the float64 unit roundoff in the bound is inflated by :data:`DEVICE_ROUNDING_SLACK` =
+         2¹⁰ (u = 2⁻⁴³; :func:`rounding_unit`).
+
+      With 1 and 2 the bound holds as proven for the CPU (it needs only IEEE float64 operations
+      in some order). 3 is a safety margin, not part of the proof: should a future PyTorch or
+      driver ignore the flags and use an FFT or Winograd float64 convolution, its normwise error
+      (≲ c·log₂(n)·u·‖A‖·‖h‖ with c ≈ 10 for FFT, Higham §24.1; small multiples of the direct
+      error for Winograd tiles ≤ 6, Barabasz et al. 2020) is below the per-layer term
+      γ_k(α‖h‖ + ‖b‖) ≥ k·2¹⁰·u·‖A‖₂·‖h‖ (α ≥ ‖|A|‖₂ ≥ ‖A‖₂, k ≥ 10 here) by a factor ≳ 50.
+      Its cost on the radius is ≤ 1e-7 absolute (median 4e-8 relative) on the committed MNIST
+      nets, against 1e-3 for the float32 rounding bound. An explicit ``forward_dtype=torch.float32``
+      on CUDA is honoured and relies on 2 alone (float32 IEEE, checked as above).
+      Consequence: on CUDA the default radii are *tighter* than the CPU's float32 ones (the
+      float32 rounding term, ≤ 1.6e-3 on mnist_0.3, is gone), so metrics measured on CUDA can
+      exceed the stored CPU ones, e.g. VRA of mnist_1.58 at ε = 1.58: 0.5815 (CPU, float32)
+      vs 0.5863 (float64 forward); mnist_0.3 at 0.3: 0.9372 vs 0.9376. Pass
+      ``forward_dtype=torch.float32`` to reproduce the CPU's numbers up to rounding.
+      ``tests/benchmarks/check_gloro_soundness.py --device cuda`` checks both dtypes on a GPU
+      against the CPU float64 reference, also with TF32 and cuDNN benchmark switched on globally.
     """
 
     norm = 2.0
@@ -668,12 +817,12 @@ class GloroCertifier(Certifier):
         p = next(model.parameters())
         if p.dtype not in (torch.float32, torch.float64):
             raise ValueError(f"the model must be float32 or float64 to certify, got {p.dtype}")
-        cdt = self.forward_dtype or p.dtype
+        cdt = certification_forward_dtype(p.dtype, p.device, self.forward_dtype)
         h = x.to(device=p.device, dtype=cdt)
         e = torch.zeros(h.shape[0], dtype=torch.float64, device=p.device)
 
-        def gam(k, dtype):  # γ_k for the unit roundoff of ``dtype``
-            ku = k * torch.finfo(dtype).eps / 2
+        def gam(k, dtype):  # γ_k for the unit roundoff of ``dtype`` on this device
+            ku = k * rounding_unit(dtype, p.device)
             return ku / (1 - ku)
 
         def norm_up(t):  # ‖t‖₂ per row, rounded up (a float norm of n terms: relative error ≤ γ_{n+2})
@@ -699,12 +848,13 @@ class GloroCertifier(Certifier):
         (from :meth:`_forward_with_error`'s ``y, e, h_norm``), around the classes ``j`` ``[N]``."""
         L_sub, K = self.lipschitz_constants()
         c = self._rounding
-        gam_head = spectral.gamma(c["k_head"])
+        ku = c["k_head"] * rounding_unit(torch.float64, y.device)
+        gam_head = ku / (1 - ku)                           # γ_{d+1} (float64, the device's unit)
         D = (K / L_sub).to(y.device)                       # ≥ ‖w_j − w_i‖₂ (K and L_sub rounded up alike)
         D = D * (1 + 4 * spectral.U64) ** 2
         rho = gam_head * (c["w_norm"].to(y.device)[None, :] * hn[:, None] + c["b_abs"].to(y.device)[None, :])
         yj = y.gather(1, j[:, None])
-        return D[j] * e[:, None] + rho + rho.gather(1, j[:, None]) + 2 * spectral.U64 * (yj.abs() + y.abs())
+        return D[j] * e[:, None] + rho + rho.gather(1, j[:, None]) + 2 * rounding_unit(torch.float64, y.device) * (yj.abs() + y.abs())
 
     @torch.no_grad()
     def _sound_radius(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -720,7 +870,7 @@ class GloroCertifier(Certifier):
         ratio = torch.where(Kj > 0, margin / Kj.clamp_min(torch.finfo(torch.float64).tiny),
                             torch.where(margin > 0, torch.full_like(margin, math.inf), torch.zeros_like(margin)))
         radius = ratio.masked_fill(top, math.inf).min(dim=1).values * (1 - 4 * spectral.U64)
-        cdt = self.forward_dtype or p.dtype
+        cdt = certification_forward_dtype(p.dtype, p.device, self.forward_dtype)
         if x.dtype != cdt:  # the certificate is about the rounded input; move it back to x
             shift = torch.linalg.vector_norm((x.double() - x.to(cdt).double()).flatten(1), dim=1)
             radius = radius - shift.to(radius.device) * (1 + 1e-12)

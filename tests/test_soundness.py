@@ -27,8 +27,8 @@ import torch.nn.functional as F
 from degradation_lib import ABSTAIN, load_model
 from degradation_lib.gloro import GloroCertifier, GloroNet, LipschitzConv2d, LipschitzLinear, PowerIterationMixin
 from degradation_lib.registry import CHECKPOINT_DIR
-from degradation_lib.spectral import (conv2d_input_order, conv2d_matrix, conv2d_spectral_bound,
-                                      dense_spectral_bound, spectral_norm_upper)
+from degradation_lib.spectral import (conv2d_circulant_bound, conv2d_input_order, conv2d_matrix, conv2d_polyphase,
+                                      conv2d_route, conv2d_spectral_bound, dense_spectral_bound, spectral_norm_upper)
 
 torch.set_num_threads(1)
 
@@ -137,6 +137,144 @@ def test_bound_edge_cases():
         conv2d_matrix(torch.zeros(2, 3, 3, 3), (2, 8, 8), 1, 1)  # C_in mismatch
     with pytest.raises(ValueError):
         conv2d_matrix(torch.zeros(2, 3, 3, 3), (3, 8, 8), 0, 1)  # stride 0
+
+
+# -------------------------------------------------------------------------------------------
+# Large convolutions: the circulant bound (spectral.conv2d_circulant_bound) and the switch
+# -------------------------------------------------------------------------------------------
+
+CIRCULANT_GEOMETRIES = GEOMETRIES + [(3, 8, 3, 1, 1, 12, 12), (4, 8, 4, 2, 1, 14, 14), (3, 5, 2, 1, 0, 6, 6),
+                                     (2, 3, 3, 1, 0, 9, 9), (3, 4, 3, 2, 1, 9, 10)]
+
+
+@pytest.mark.parametrize("c_in,c_out,k,s,p,h,w", CIRCULANT_GEOMETRIES)
+def test_polyphase_correlation_is_the_strided_convolution(c_in, c_out, k, s, p, h, w):
+    """Step (i) of the proof: the stride-s convolution equals the stride-1 correlation of the
+    phase kernel w' with the phase-split padded input, read at a < N (so no index wraps)."""
+    gen = torch.Generator().manual_seed(k * 10 + s)
+    weight = torch.randn(c_out, c_in, k, k, generator=gen, dtype=torch.float64)
+    x = torch.randn(2, c_in, h, w, generator=gen, dtype=torch.float64)
+    wp, (ny, nx) = conv2d_polyphase(weight, (c_in, h, w), s, p)
+    xp = F.pad(x, (p, p, p, p))
+    xp = F.pad(xp, (0, s * nx - xp.shape[3] if s * nx > xp.shape[3] else 0,
+                    0, s * ny - xp.shape[2] if s * ny > xp.shape[2] else 0))[:, :, :s * ny, :s * nx]
+    phases = xp.reshape(2, c_in, ny, s, nx, s).permute(0, 1, 3, 5, 2, 4).reshape(2, c_in * s * s, ny, nx)
+    y_ref = F.conv2d(x, weight, None, s, p)
+    y = F.conv2d(phases, torch.as_tensor(wp), None, 1, 0)
+    assert y.shape == y_ref.shape
+    assert torch.allclose(y, y_ref, rtol=0, atol=1e-12)
+
+
+@pytest.mark.parametrize("c_in,c_out,k,s,p,h,w", CIRCULANT_GEOMETRIES)
+def test_circulant_bound_above_full_svd(c_in, c_out, k, s, p, h, w):
+    """‖A‖₂ ≤ circulant bound on small layers (exact ‖A‖₂ by a full SVD of the explicit
+    operator); tiny inputs are where the boundary effect, hence the excess, is largest."""
+    gen = torch.Generator().manual_seed(c_in * 100 + k)
+    weight = torch.randn(c_out, c_in, k, k, generator=gen, dtype=torch.float64)
+    exact = np.linalg.svd(explicit_conv(weight, (c_in, h, w), s, p), compute_uv=False)[0]
+    res = conv2d_circulant_bound(weight, (c_in, h, w), s, p)
+    assert res.method == "circulant" and res.right_vector is None
+    assert exact <= res.bound <= exact * 1.25, res.bound / exact
+    # a 1×1 convolution is circulant already: the bound is then tight to rounding
+    if k == 1 and p == 0:
+        assert res.bound <= exact * (1 + 1e-7)
+
+
+def test_circulant_bound_nearly_equal_top_values():
+    """Layers whose top singular values are (nearly) equal, where power iteration stalls below
+    ‖A‖₂: the circulant bound stays above the full SVD's value."""
+    q = _with_singular_values(6, 4, [2.0, 2.0 - 1e-10], 1.9, seed=3)
+    w1 = torch.as_tensor(q).reshape(6, 4, 1, 1)
+    exact = np.linalg.svd(explicit_conv(w1, (4, 5, 5), 1, 0), compute_uv=False)[0]
+    assert exact <= conv2d_circulant_bound(w1, (4, 5, 5), 1, 0).bound <= exact * (1 + 1e-7)
+    gen = torch.Generator().manual_seed(4)
+    base = torch.randn(5, 3, 1, 1, generator=gen, dtype=torch.float64)
+    w3 = base * torch.ones(1, 1, 3, 3, dtype=torch.float64) + 1e-6 * torch.randn(5, 3, 3, 3, generator=gen,
+                                                                                   dtype=torch.float64)
+    for s in (1, 2):
+        sv = np.linalg.svd(explicit_conv(w3, (3, 9, 9), s, 1), compute_uv=False)
+        assert sv[0] <= conv2d_circulant_bound(w3, (3, 9, 9), s, 1).bound <= sv[0] * 1.15
+
+
+@pytest.mark.parametrize("c_in,c_out,k,s,p,h", [(16, 16, 3, 1, 1, 24), (16, 32, 4, 2, 1, 32), (3, 32, 3, 1, 1, 32)])
+def test_circulant_bound_on_medium_layers(c_in, c_out, k, s, p, h):
+    """On CIFAR-sized inputs: exact (ARPACK on the operator) ≤ explicit route ≤ circulant route
+    ≤ 1.02 × exact; the circulant excess is a boundary effect, small at 24–32 pixels."""
+    gen = torch.Generator().manual_seed(c_out + k)
+    layer = LipschitzConv2d(c_in, c_out, k, s, p, input_shape=(c_in, h, h)).double()
+    with torch.no_grad():
+        layer.weight.copy_(torch.randn(layer.weight.shape, generator=gen, dtype=torch.float64))
+    exact = exact_norm_arpack(layer)
+    explicit = conv2d_spectral_bound(layer.weight, layer.input_shape, s, p, max_gram_size=10 ** 9)
+    circ = conv2d_spectral_bound(layer.weight, layer.input_shape, s, p, max_gram_size=0)
+    assert explicit.method == "explicit" and circ.method == "circulant"
+    assert exact <= explicit.bound <= exact * (1 + 1e-7)
+    assert exact <= circ.bound <= exact * 1.02, circ.bound / exact
+
+
+@pytest.mark.parametrize("name", GLORO_MODELS)
+def test_circulant_bound_on_committed_layers(name, exact_norms):
+    """Every conv layer of every committed GloRo model: exact ≤ circulant bound ≤ 1.01 × exact
+    (measured ≤ 1.0075). The models themselves keep the explicit route (n ≤ 6272 ≤ 8192)."""
+    net = load_model(name).model
+    for l, (layer, exact) in enumerate(zip(net.body, exact_norms[name])):
+        if isinstance(layer, LipschitzConv2d):
+            assert conv2d_route(layer.weight.shape, layer.input_shape, layer.stride[0], layer.padding[0]) == "explicit"
+            b = conv2d_circulant_bound(layer.weight, layer.input_shape, layer.stride[0], layer.padding[0]).bound
+            assert exact <= b <= exact * 1.01, f"{name} layer {l}: {b / exact}"
+
+
+def test_route_threshold_and_automatic_switch():
+    """The switch: n = min(rows, cols) > max_gram_size → circulant, else explicit; forced low
+    through LipschitzConv2d.converge, GloroNet.converge and the module default."""
+    from degradation_lib import spectral
+    assert conv2d_route((8, 4, 3, 3), (4, 6, 6), 1, 1, max_gram_size=144) == "explicit"   # n = 4·36 = 144
+    assert conv2d_route((8, 4, 3, 3), (4, 6, 6), 1, 1, max_gram_size=143) == "circulant"
+    assert conv2d_route((32, 1, 3, 3), (1, 28, 28), 1, 1) == "explicit"                    # MNIST: n = 784
+    # the CIFAR-10 6C2F stack: the 32×32×32 and 16×16×64 maps are too large for the explicit route
+    arch = GloroNet("6C2F")
+    routes = [conv2d_route(l.weight.shape, l.input_shape, l.stride[0], l.padding[0])
+              for l in arch.body if isinstance(l, LipschitzConv2d)]
+    assert routes == ["explicit", "circulant", "explicit", "explicit", "circulant", "explicit"]
+
+    net = GloroNet(dict(input_shape=(2, 8, 8), layers=[("conv", 4, 3, 1, 1), ("conv", 4, 4, 2, 1), ("dense", 6)]),
+                   num_classes=3, seed=2).double()
+    exact = [np.linalg.svd(explicit_conv(l.weight.detach(), l.input_shape, l.stride[0], l.padding[0]),
+                           compute_uv=False)[0] if isinstance(l, LipschitzConv2d) else np.linalg.norm(l.weight.detach().numpy(), 2)
+             for l in net.body]
+    u_before = net.body[0].u.clone()
+    low = net.converge(max_gram_size=0)
+    assert [l.bound_method for l in net.body] == ["circulant", "circulant", "explicit"]
+    assert torch.equal(net.body[0].u, u_before)        # the circulant route leaves the iterate
+    assert all(e <= b <= e * 1.15 for e, b in zip(exact, low))
+    rec = net.sound_norms_record()
+    assert "layer_methods" not in rec                   # default threshold: all explicit here
+    high = net.converge()
+    assert [l.bound_method for l in net.body] == ["explicit"] * 3
+    assert all(e <= b <= e * (1 + 1e-7) for e, b in zip(exact, high))
+    # the module default is read at call time: the certifier's constants follow it
+    saved = spectral.MAX_EXPLICIT_GRAM
+    try:
+        spectral.MAX_EXPLICIT_GRAM = 0
+        cert = GloroCertifier(net)
+        L_sub = cert.lipschitz_constant
+        assert [l.bound_method for l in net.body] == ["circulant", "circulant", "explicit"]
+        assert math.prod(exact) <= L_sub <= math.prod(exact) * 1.15 ** 2
+        assert net.sound_norms_record()["layer_methods"] == ["circulant", "circulant", "explicit"]
+    finally:
+        spectral.MAX_EXPLICIT_GRAM = saved
+
+
+def test_circulant_bound_edge_cases():
+    assert conv2d_circulant_bound(torch.zeros(2, 3, 3, 3), (3, 8, 8), 1, 1).bound == 0.0
+    with pytest.raises(ValueError):
+        conv2d_circulant_bound(torch.zeros(2, 3, 3, 3), (2, 8, 8), 1, 1)   # C_in mismatch
+    with pytest.raises(ValueError):
+        conv2d_circulant_bound(torch.zeros(2, 3, 3, 3), (3, 8, 8), 0, 1)   # stride 0
+    with pytest.raises(ValueError):
+        conv2d_circulant_bound(torch.zeros(2, 3, 5, 5), (3, 2, 2), 1, 0)   # kernel larger than input
+    with pytest.raises(ValueError):
+        conv2d_circulant_bound(torch.full((2, 3, 3, 3), math.nan), (3, 8, 8), 1, 1)
 
 
 # -------------------------------------------------------------------------------------------
@@ -294,6 +432,93 @@ def test_radius_accounts_for_input_rounding():
     assert (r64.double() <= upper).all()
     assert torch.allclose(r64.double(), (r32.double() - shift).clamp_min(0), rtol=1e-6, atol=1e-7)
     assert (shift > 0).all()
+
+
+# -------------------------------------------------------------------------------------------
+# Accelerators: the CUDA branch of the certifier, exercised on the CPU
+# -------------------------------------------------------------------------------------------
+
+@pytest.fixture
+def hostile_fp32_settings():
+    """TF32 on for cuBLAS (legacy API) and cuDNN, cuDNN benchmark on; restored afterwards."""
+    from degradation_lib.gloro import fp32_state
+    original = fp32_state("cuda")
+    saved = (torch.get_float32_matmul_precision(), torch.backends.cudnn.allow_tf32, torch.backends.cudnn.benchmark,
+             torch.backends.cuda.matmul.fp32_precision, torch.backends.cudnn.conv.fp32_precision,
+             torch.backends.mkldnn.matmul.fp32_precision, torch.backends.mkldnn.conv.fp32_precision)
+    torch.set_float32_matmul_precision("high")
+    torch.backends.cudnn.allow_tf32 = True
+    torch.backends.cudnn.benchmark = True
+    yield
+    torch.set_float32_matmul_precision(saved[0])
+    torch.backends.cudnn.allow_tf32, torch.backends.cudnn.benchmark = saved[1], saved[2]
+    (torch.backends.cuda.matmul.fp32_precision, torch.backends.cudnn.conv.fp32_precision,
+     torch.backends.mkldnn.matmul.fp32_precision, torch.backends.mkldnn.conv.fp32_precision) = saved[3:]
+    assert fp32_state("cuda") == original
+
+
+def test_cuda_selects_float64_and_inflated_unit():
+    from degradation_lib.gloro import DEVICE_ROUNDING_SLACK, certification_forward_dtype, rounding_unit
+    assert certification_forward_dtype(torch.float32, torch.device("cpu")) == torch.float32
+    assert certification_forward_dtype(torch.float32, torch.device("cuda", 0)) == torch.float64
+    assert certification_forward_dtype(torch.float32, "cuda", torch.float32) == torch.float32   # explicit choice
+    assert certification_forward_dtype(torch.float64, "cpu") == torch.float64
+    assert rounding_unit(torch.float64, "cpu") == 2.0 ** -53
+    assert rounding_unit(torch.float64, "cuda") == 2.0 ** -53 * DEVICE_ROUNDING_SLACK == 2.0 ** -43
+    assert rounding_unit(torch.float32, "cuda") == rounding_unit(torch.float32, "cpu") == 2.0 ** -24
+
+
+def test_ieee_context_overrides_tf32_and_cudnn(hostile_fp32_settings):
+    """With TF32 switched on through the legacy API (the usual ``set_float32_matmul_precision("high")``),
+    the certification context turns it off consistently in both APIs (setting only the new one
+    leaves a mixed state in which cuBLAS float32 calls raise), disables cuDNN on CUDA, and restores
+    everything on exit; outside the context the check refuses."""
+    from degradation_lib.gloro import _check_ieee, _ieee_fp32, fp32_state
+    before = fp32_state("cuda")
+    assert before["cublas_tf32"] is True and before["matmul_precision"] == "high" and before["cudnn_enabled"]
+    with pytest.raises(RuntimeError, match="TF32"):
+        _check_ieee("cuda")
+    with _ieee_fp32(torch.device("cuda")):
+        inside = fp32_state("cuda")
+        assert inside["cublas_tf32"] is False and inside["matmul_precision"] == "highest"
+        assert not inside["cudnn_enabled"]
+        assert all(inside[b] == "ieee" for b in ("cuda.matmul", "cudnn.conv", "mkldnn.matmul", "mkldnn.conv"))
+        assert torch.backends.cuda.matmul.allow_tf32 is False      # readable: no mixed legacy/new state
+    assert fp32_state("cuda") == before
+    with _ieee_fp32(torch.device("cpu")):
+        assert torch.backends.cudnn.enabled                        # cuDNN is left alone on the CPU
+    assert fp32_state("cpu") == before
+
+
+def test_certifier_cuda_branch_is_float64_ieee_and_sound(monkeypatch, exact_norms, hostile_fp32_settings):
+    """The certifier's CUDA branch, run on the CPU by substituting the device seam: the
+    convolutions get float64 inputs inside the IEEE context with cuDNN off, the radius is sound
+    (≤ the float64 reference with exact constants) and within 1e-6 of the CPU float64 forward's."""
+    from degradation_lib import gloro, load_mnist
+    name = "mnist_0.3"
+    x = load_mnist("test")[0][:500]
+    cert = load_model(name)
+    r_cpu64 = GloroCertifier(cert.model, forward_dtype=torch.float64).certified_radius(x)[1]
+    seen = []
+    real_conv2d = F.conv2d
+
+    def spy_conv2d(inp, weight, *args, **kwargs):
+        seen.append((inp.dtype, weight.dtype, torch.backends.cudnn.enabled, gloro.fp32_state("cuda")["cublas_tf32"]))
+        return real_conv2d(inp, weight, *args, **kwargs)
+
+    monkeypatch.setattr(gloro, "_device_type", lambda device: "cuda")
+    monkeypatch.setattr(gloro.F, "conv2d", spy_conv2d)
+    cuda_cert = GloroCertifier(cert.model)
+    labels, radius = cuda_cert.certified_radius(x)
+    monkeypatch.undo()
+    convs = sum(isinstance(l, LipschitzConv2d) for l in cert.model.body)
+    assert len(seen) >= convs
+    assert set(seen[-convs:]) == {(torch.float64, torch.float64, False, False)}
+    ref_labels, ref = reference_radius(name, x, exact_norms[name])
+    assert (radius <= ref).all()
+    # the inflated unit (2⁻⁴³) costs ≤ 2e-8 of radius here (measured), plus float32 output rounding
+    assert (radius <= r_cpu64).all() and ((r_cpu64 - radius) <= 1e-6).all()
+    assert torch.equal(labels[radius > 0], ref_labels[radius > 0])
 
 
 # -------------------------------------------------------------------------------------------
