@@ -134,9 +134,8 @@ def test_look_0_wrong_answer_rate_within_alpha():
     d = sequential_certify(clf, x, EPS, selection_share=0.9, first_look=64)
     wrong = int((d["decision"] == CERTIFIED).sum())
     assert wrong <= binom.ppf(1 - 1e-4, T, alpha), (wrong, T * alpha)
-    # the selection-biased bound *without* the 1/C factor: 12/12 votes give 0.9^(1/12)... here the
-    # exact probability of a look-0 certificate is P[N ≥ c0] for c0 the least count with
-    # (1 − α_0) lower bound > p*, and it exceeds α_0/C: the factor is not free
+    # by hand: for the class with p = p*, a look-0 certificate needs N ≥ c0, the least count whose
+    # (1 − α_0/C) lower bound exceeds p*; its probability is within α_0/C (one term of the union)
     p_star = norm.cdf(EPS / SIGMA)
     c0 = threshold_count(12, 0.9 * alpha / 2, p_star)
     assert binom.sf(c0 - 1, 12, p_star) <= 0.9 * alpha / 2
