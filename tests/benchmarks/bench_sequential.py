@@ -29,6 +29,7 @@ from __future__ import annotations
 import argparse
 import json
 import platform
+import re
 import time
 from pathlib import Path
 
@@ -189,7 +190,11 @@ def summary(args):
               f"fixed-n answer exact on {entry['fixed_exact']} full streams, inferred elsewhere; "
               f"replay read past a record: {read_missing})")
     OUT.parent.mkdir(parents=True, exist_ok=True)
-    OUT.write_text(json.dumps(result, indent=1))
+    text = json.dumps(result, indent=1)
+    # lists of numbers on one line each (the per-image lists have 10,000 entries)
+    text = re.sub(r"\[\s*(-?[\d.e+-]+(?:,\s*-?[\d.e+-]+)*)\s*\]",
+                  lambda m: "[" + ",".join(m.group(1).split(",")).replace(" ", "").replace("\n", "") + "]", text)
+    OUT.write_text(text)
     print(f"wrote {OUT}")
 
 
