@@ -22,7 +22,8 @@ Let p* = Φ(ε/σ): "radius > ε" is σΦ⁻¹(p̲) > ε, i.e. a lower bound p̲
 2. Certify at look k when the one-sided (1 − α_k) Clopper–Pearson lower bound p̲_k of C_k out of
    n_k exceeds p* (:func:`~degradation_lib.smoothing.p_A_lower`, the same bound and the same
    "radius > ε" comparison as CERTIFY).
-3. Refuse at look k < K (futility; ⊥ is always safe) when the (1 − β/K) upper bound p̄_k gives
+3. Refuse at look k < K (futility; ⊥ is always safe) when the (1 − β/K) upper bound p̄_k (β/(K − 1)
+   without look 0: β is split over the looks before the last) gives
    σΦ⁻¹(p̄_k) ≤ ε, or when fixed-n CERTIFY on the same stream is unlikely to certify:
    P[Binomial(n − n_k, p̄_k) ≥ c* − C_k] < γ, c* the least count that certifies at n with α
    (stochastic curtailment; it includes the sure case C_k + n − n_k < c*). Look 0 refuses only
