@@ -60,6 +60,14 @@ def project(x: torch.Tensor, x_adv: torch.Tensor, eps: float, norm: float,
     lo, hi = _check_bounds(bounds)
     if x.shape != x_adv.shape:
         raise ValueError(f"x and x_adv must have the same shape, got {tuple(x.shape)} and {tuple(x_adv.shape)}")
+    if norm not in (2.0, math.inf):
+        raise ValueError(f"norm must be 2 or float('inf') for project, got {norm!r}")
+    return _project(x, x_adv, eps, norm, lo, hi)
+
+
+def _project(x: torch.Tensor, x_adv: torch.Tensor, eps: float, norm: float, lo: float, hi: float) -> torch.Tensor:
+    """:func:`project` without the argument checks, for the inner loops of the attacks, whose
+    arguments were validated once at entry (ε a positive float, norm 2 or inf, lo < hi)."""
     delta = x_adv - x
     if norm == 2.0:
         flat = delta.flatten(1)
@@ -67,10 +75,8 @@ def project(x: torch.Tensor, x_adv: torch.Tensor, eps: float, norm: float,
         scale = torch.where(length > eps, eps / length.clamp_min(torch.finfo(delta.dtype).tiny),
                             torch.ones_like(length))
         delta = (flat * scale).view_as(delta)
-    elif norm == math.inf:
-        delta = delta.clamp(-eps, eps)
     else:
-        raise ValueError(f"norm must be 2 or float('inf') for project, got {norm!r}")
+        delta = delta.clamp(-eps, eps)
     return (x + delta).clamp(lo, hi)
 
 
@@ -213,6 +219,20 @@ def _generator(generator, x: torch.Tensor):
                      f"got {type(generator).__name__}")
 
 
+def _unit_step(grad: torch.Tensor, norm: float) -> torch.Tensor:
+    """The direction of one gradient step, shared by every attack here and by
+    :func:`degradation_lib.oracle.search_witness`: NaN/±inf entries of ``grad`` are zeroed, then
+    ℓ2: the gradient scaled to unit ℓ2 length per example (a zero gradient stays 0: no move, never
+    NaN); ℓ∞: its sign. ``norm`` is 2 or inf (validated by the caller)."""
+    grad = torch.nan_to_num(grad, nan=0.0, posinf=0.0, neginf=0.0)
+    if norm == math.inf:
+        return grad.sign()
+    flat = grad.flatten(1)
+    length = torch.linalg.vector_norm(flat, dim=1, keepdim=True)
+    return torch.where(length > 0, flat / length.clamp_min(torch.finfo(flat.dtype).tiny),
+                       torch.zeros_like(flat)).view_as(grad)
+
+
 def _check_steps(steps) -> int:
     if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
         raise ValueError(f"steps must be an integer >= 1, got {steps!r}")
@@ -290,15 +310,7 @@ def pgd_ascent(objective: Callable[[torch.Tensor], torch.Tensor], x: torch.Tenso
             better = val > best_val
             best[better] = z[better]
             best_val = torch.where(better, val, best_val)
-        grad = torch.nan_to_num(grad, nan=0.0, posinf=0.0, neginf=0.0)
-        if norm == 2.0:
-            flat = grad.flatten(1)
-            length = torch.linalg.vector_norm(flat, dim=1, keepdim=True)
-            unit = torch.where(length > 0, flat / length.clamp_min(torch.finfo(flat.dtype).tiny),
-                               torch.zeros_like(flat)).view_as(grad)
-        else:
-            unit = grad.sign()
-        z = project(x, z + step_size * unit, radius, norm, bounds=bounds)
+        z = _project(x, z + step_size * _unit_step(grad, norm), radius, norm, *bounds)
     if not keep_best:
         return z.detach()
     with torch.no_grad():
@@ -445,9 +457,10 @@ def rejection_pgd(certifier: Certifier, eps: float, rejection_loss: Callable | N
         model, norm = _model_and_norm(certifier_, None)
         x = check_input(x)
         labels = own_prediction(model, x)
+        inner = min(eps, check_eps(radius, "radius"))
         with eval_mode(model):
-            def objective(z):
-                return rejection_loss(project(x, z, min(eps, radius), norm), labels, eps)
+            def objective(z):     # the score at the ε-projection (arguments checked once, not every step)
+                return rejection_loss(_project(x, z, inner, norm, 0.0, 1.0), labels, eps)
             return pgd_ascent(objective, x, radius, norm, **pgd_kwargs)
 
     return attack
@@ -465,17 +478,6 @@ def default_attack(certifier: Certifier, eps: float) -> Attack:
     if implements_rejection_score(certifier) and certifier.score_is_exact and certifier.monotone:
         return rejection_pgd(certifier, eps)
     return pgd
-
-
-def _unit_step(grad: torch.Tensor, norm: float) -> torch.Tensor:
-    """ℓ2: the gradient scaled to unit length (0 stays 0); ℓ∞: its sign."""
-    grad = torch.nan_to_num(grad, nan=0.0, posinf=0.0, neginf=0.0)
-    if norm == math.inf:
-        return grad.sign()
-    flat = grad.flatten(1)
-    length = torch.linalg.vector_norm(flat, dim=1, keepdim=True)
-    return torch.where(length > 0, flat / length.clamp_min(torch.finfo(flat.dtype).tiny),
-                       torch.zeros_like(flat)).view_as(grad)
 
 
 def _subset(generator, idx: torch.Tensor):
@@ -652,7 +654,7 @@ def certificate_attack(certifier: Certifier, x: torch.Tensor, eps: float, *, res
                     keep = ~hit
                     idx, z, x0, grad = idx[keep], z[keep], x0[keep], grad[keep]
                     target = None if target is None else target[keep]
-                z = project(x0, z + size * _unit_step(grad, norm), eps, norm)
+                z = _project(x0, z + size * _unit_step(grad, norm), eps, norm, 0.0, 1.0)
             if idx.numel():
                 with torch.no_grad():
                     if use_targets:

@@ -335,7 +335,7 @@ def search_witness(model: nn.Module, oracle: MembershipOracle, x_prime: torch.Te
     Returns:
         :class:`SearchResult`.
     """
-    from .attacks import _forward, _random_start
+    from .attacks import _forward, _random_start, _unit_step
 
     x_prime = check_input(x_prime)
     eps = check_eps(eps)
@@ -398,14 +398,7 @@ def search_witness(model: nn.Module, oracle: MembershipOracle, x_prime: torch.Te
                 grad, = torch.autograd.grad(loss[keep].sum(), z)
                 f_back[idx] += 1
                 idx, z, grad = idx[keep], z.detach()[keep], grad[keep]
-                grad = torch.nan_to_num(grad, nan=0.0, posinf=0.0, neginf=0.0)
-                if norm == 2.0:
-                    flat = grad.flatten(1)
-                    length = torch.linalg.vector_norm(flat, dim=1, keepdim=True)
-                    unit = torch.where(length > 0, flat / length.clamp_min(torch.finfo(flat.dtype).tiny),
-                                       torch.zeros_like(flat)).view_as(grad)
-                else:
-                    unit = grad.sign()
+                unit = _unit_step(grad, norm)           # the attacks' step direction (one helper)
                 z = project(x_prime[idx], z - step_size * unit.to(z.dtype), eps, norm)
     return SearchResult(found, witness, witness_label, f_model, f_oracle, f_back)
 

@@ -52,8 +52,8 @@ import torch
 from myst_nb import glue
 
 import degradation_lib as dl
-from degradation_lib.sequential import (CERTIFIED, alpha_spending, decide_look, look_schedule, sequential_certify,
-                                        sequential_decisions)
+from degradation_lib.sequential import (CERTIFIED, DEFAULTS, alpha_spending, decide_look, look_schedule,
+                                        sequential_certify, sequential_decisions)
 from degradation_lib.smoothing import SmoothedClassifier
 
 dev = dl.resolve_device(device)
@@ -112,6 +112,10 @@ rows += [
     ("same, amortized over the attack", f"{p['steps']} steps, all points", p["per_step_amortized"]["ratio"], None, "pgd_step"),
     ("same, with early exit", f"{p['steps']} steps, {p['certified']} certified points only",
      p["per_step_amortized_early_exit"]["ratio"], None, "pgd_step"),
+    ("GloRo rejection score forward + backward / forward + backward", f"{p['model']}, {p['images']} images",
+     p["score_over_forward_backward"]["ratio"], None, "pgd_step"),
+    ("one PGD step of Algorithm 3.1 / rejection score forward + backward", "marginal",
+     p["per_step_over_score"]["ratio"], None, "pgd_step"),
     ("ℓ∞ IBP certify / forward", f"{li['model']}, {li['images']} images", li["ibp_vs_forward"]["ratio"], None, "linf_certify"),
     ("ℓ∞ KW∩IBP certify / forward", f"{li['model']}, {li['images']} images", li["kw_ibp_vs_forward"]["ratio"], None, "linf_certify"),
 ]
@@ -129,6 +133,8 @@ glue("cohen_pushforward_speedup", s["cohen_vs_pushforward"]["ratio"], display=Fa
 glue("ub_ratio", u["ratio"], display=False)
 glue("pgd_step_ratio", p["per_step"]["ratio"], display=False)
 glue("pgd_step_amortized", p["per_step_amortized"]["ratio"], display=False)
+glue("pgd_score_ratio", p["score_over_forward_backward"]["ratio"], display=False)
+glue("pgd_step_over_score", p["per_step_over_score"]["ratio"], display=False)
 glue("kw_ibp_ratio", li["kw_ibp_vs_forward"]["ratio"], display=False)
 glue("ibp_ratio", li["ibp_vs_forward"]["ratio"], display=False)
 glue("kw_ibp_ms", 1e3 * li["per_image_s"]["kw_ibp"], display=False)
@@ -155,6 +161,11 @@ glue("bench_table", table.style.set_uuid("bench").format({"ratio": "{:.3g}"}).hi
 # radii. A step of Algorithm 3.1's attack, which ascends GloRo's rejection score through the
 # projection onto the ε-ball, costs {glue:text}`pgd_step_ratio:.2f` forward + backward passes
 # (marginal cost; {glue:text}`pgd_step_amortized:.2f` amortized with the attack's fixed costs).
+# Most of it is the score itself: its forward and backward pass cost
+# {glue:text}`pgd_score_ratio:.2f` times the bare network's, because the score adds to the
+# differentiable forward pass a second one that bounds its rounding error (so that the sign of the
+# score is the sound check's answer); the attack's own work per step (projections, unit step,
+# best-iterate bookkeeping) adds a factor {glue:text}`pgd_step_over_score:.2f` on top.
 # The ℓ∞ certifier of {ref}`06-linf-certifier` costs {glue:text}`ibp_ratio:.1f` forward passes with
 # interval bounds and {glue:text}`kw_ibp_ratio:.0f` with the tighter KW∩IBP bound
 # ({glue:text}`kw_ibp_ms:.1f` ms per image).
@@ -206,29 +217,40 @@ glue("nb_table", nb.style.set_uuid("nbtimes").format({"wall time (s)": "{:.0f}"}
 # $(1-\alpha)$ Clopper–Pearson lower bound. An input whose base classifier is almost never wrong
 # under noise is certified after a few dozen samples, and one far below the threshold is clearly
 # refused as fast. Our test looks at the count several times and stops as soon as the answer is
-# clear; it spends $\alpha$ over the looks so that the guarantee stays the one of CERTIFY.
+# clear; it spends $\alpha$ over the looks so that the guarantee stays the one of CERTIFY. Write
+# $p^* = \Phi(\epsilon/\sigma)$: "radius $> \epsilon$" is "lower bound $> p^*$".
 #
 # ```{prf:algorithm} (this book): Sequential ε-check
 # :label: alg-sequential-check
 # :nonumber:
-# **Inputs** a base classifier $f$, $\sigma$, an input $x$, $\epsilon > 0$, $n_0$, a budget $n$,
-# $\alpha$, $\beta$, looks $n_1 < \dots < n_K = n$, levels $\alpha_k$ with $\sum_k \alpha_k = \alpha$ \
+# **Inputs** a base classifier $f$ with $C$ classes, $\sigma$, an input $x$, $\epsilon > 0$, $n_0$,
+# a budget $n$, $\alpha$, $\beta$, $\gamma$, looks $n_1 < \dots < n_K = n$, levels
+# $\alpha_0, \alpha_1, \dots, \alpha_K$ with $\sum_k \alpha_k = \alpha$; $c^*$, the least count out of
+# $n$ that CERTIFY certifies at level $\alpha$ \
 # **Output** $\hat c_A$ (certified at $\epsilon$) or $\bot$
 #
-# 1. $\hat c_A \gets$ the most frequent class of $f(x + \zeta)$ over $n_0$ samples
-# 2. **for** $k = 1, \dots, K$ **do**
-# 3. $\quad$ draw samples up to $n_k$ in all; $C_k \gets$ the votes for $\hat c_A$ among them
-# 4. $\quad$ **if** $\sigma\Phi^{-1}(\underline{p}_k) > \epsilon$, with $\underline{p}_k$ the
-#    $(1-\alpha_k)$ lower Clopper–Pearson bound of $C_k$ out of $n_k$, **then return** $\hat c_A$
-# 5. $\quad$ **if** $k < K$ and $\sigma\Phi^{-1}(\overline{p}_k) \le \epsilon$, with
-#    $\overline{p}_k$ the $(1-\beta/(K-1))$ upper bound, **then return** $\bot$
-# 6. **return** $\bot$
+# 1. $N_c \gets$ the votes for class $c$ among $n_0$ samples of $f(x + \zeta)$;
+#    $\hat c_A \gets \arg\max_c N_c$
+# 2. **if** the $(1-\alpha_0/C)$ lower bound of $N_{\hat c_A}$ out of $n_0$ exceeds $p^*$
+#    **then return** $\hat c_A$ $\quad$ (look 0, on the selection samples)
+# 3. **if** the $(1-\beta/K)$ upper bound of $N_{\hat c_A}$ out of $n_0$ is at most $p^*$
+#    **then return** $\bot$
+# 4. **for** $k = 1, \dots, K$ **do**
+# 5. $\quad$ draw fresh samples up to $n_k$ in all; $C_k \gets$ the votes for $\hat c_A$ among them
+# 6. $\quad$ **if** the $(1-\alpha_k)$ lower bound $\underline{p}_k$ of $C_k$ out of $n_k$ exceeds
+#    $p^*$ **then return** $\hat c_A$
+# 7. $\quad$ **if** $k < K$ and, with $\overline{p}_k$ the $(1-\beta/K)$ upper bound,
+#    $\overline{p}_k \le p^*$ or $P[\mathrm{Binomial}(n - n_k, \overline{p}_k) \ge c^* - C_k] < \gamma$
+#    **then return** $\bot$
+# 8. **return** $\bot$
 # ```
 #
 # `sequential_certify(smoothed, x, eps)` runs it for a batch (only the undecided inputs are
 # sampled at each look), and `SmoothedClassifier(..., sequential=True)` makes it the classifier's
-# `certify`; `certified_radius` stays fixed-n CERTIFY. The default looks double from 32 samples
-# up to $n$, and half of $\alpha$ is spent at the last look, the rest evenly over the others.
+# `certify`; `certified_radius` stays fixed-n CERTIFY. By default the looks double from
+# {glue:text}`seq_first_look:d` samples up to $n$; a share {glue:text}`seq_selection_share:.2f` of
+# $\alpha$ goes to look 0, half of the rest to the last look and the remainder evenly to the
+# others; $\beta =$ {glue:text}`seq_beta:.2f` and $\gamma =$ {glue:text}`seq_gamma:.2f`.
 #
 # ```{prf:theorem} (this book): the sequential check has CERTIFY's guarantee
 # :label: thm-sequential
@@ -240,21 +262,31 @@ glue("nb_table", nb.style.set_uuid("nbtimes").format({"wall time (s)": "{:.0f}"}
 # ```
 #
 # ```{prf:proof}
-# Condition on the selection samples: $\hat c_A$ and $p = P_\zeta[f(x+\zeta) = \hat c_A]$ are
-# fixed, and the later samples are independent of them. Let $p^* = \Phi(\epsilon/\sigma) > 1/2$.
-# If $p > p^*$, then $\hat c_A$ is $g(x)$ and $g$'s radius $\sigma\Phi^{-1}(p)$ exceeds
-# $\epsilon$ {cite}`cohen2019certified`: no returned answer is wrong. Let $p \le p^*$. The
-# algorithm returns $\hat c_A$ only if $\underline{p}_k > p^* \ge p$ at some look $k$. At each
-# look $C_k \sim \mathrm{Binomial}(n_k, p)$, so $P[\underline{p}_k > p] \le \alpha_k$ by the
-# validity of the Clopper–Pearson bound. The union bound over the looks, which needs no
-# independence between the nested counts, gives
-# $P[\text{return } \hat c_A] \le \sum_k \alpha_k = \alpha$; refusing early only removes such
-# events. Averaging over the selection gives the claim. The samples drawn are $n_0 + n_k \le n_0 + n$.
+# Let $p_c = P_\zeta[f(x+\zeta) = c]$. If $p_{\hat c_A} > p^* > 1/2$, then $\hat c_A$ is $g(x)$ and
+# $g$'s radius $\sigma\Phi^{-1}(p_{\hat c_A})$ exceeds $\epsilon$ {cite}`cohen2019certified`: the
+# answer is right. So a wrong answer needs $p_{\hat c_A} \le p^*$ and one of these events.
+# *Look 0 certifies:* then some class $c$ with $p_c \le p^*$ has a $(1-\alpha_0/C)$ lower bound of
+# $N_c$ out of $n_0$ above $p^* \ge p_c$. For each fixed class, $N_c \sim \mathrm{Binomial}(n_0,
+# p_c)$ whichever class the selection picks, so by the validity of the Clopper–Pearson bound this
+# has probability at most $\alpha_0/C$; over the $C$ classes, at most $\alpha_0$. This is what reusing
+# the selection samples costs: the factor $1/C$ in the level.
+# *Look $k \ge 1$ certifies:* condition on the selection samples; $\hat c_A$ and
+# $p = p_{\hat c_A}$ are then fixed and the later samples independent of them, $C_k \sim
+# \mathrm{Binomial}(n_k, p)$, and $P[\underline{p}_k > p^* \ge p] \le \alpha_k$.
+# Refusing only removes such events. The union bound over all looks, which needs no independence
+# between the nested counts, gives a probability of at most $\alpha_0 + \sum_{k \ge 1} \alpha_k = \alpha$.
+# The samples drawn are $n_0 + n_k \le n_0 + n$.
 # ```
 #
-# The refusals in line 5 cost no soundness ($\bot$ is always safe); they decide how often the test
-# disagrees with fixed-n CERTIFY: by the same union bound, an input with $p > p^*$ is refused
-# early with probability at most $\beta$ (we take $\beta = \alpha$).
+# The refusals (lines 3 and 7) cost no soundness ($\bot$ is always safe); they decide how often the
+# test disagrees with fixed-n CERTIFY run on the same samples. The first rule refuses an input
+# that fixed-n would certify only if the upper bound fails (probability at most $\beta/K$ per look)
+# or if $p_{\hat c_A} \le p^*$ (where fixed-n certifies with probability at most $\alpha$). The second
+# rule, when the upper bound holds, refuses only where the remaining $n - n_k$ samples reach
+# $c^* - C_k$ with conditional probability below $\gamma$; the first refusals at different looks
+# are disjoint events, so for every input $P[\text{early refusal} \wedge \text{fixed-n certifies}]
+# \le \beta + \gamma + \alpha$. Only inputs with $p_A$ near $p^*$ come close to that bound; the
+# measurement below counts the disagreements.
 #
 # ### The guarantee, checked where it is tight
 #
@@ -262,8 +294,9 @@ glue("nb_table", nb.style.set_uuid("nbtimes").format({"wall time (s)": "{:.0f}"}
 # distance of $x$ to its hyperplane, which is also $g$'s exact radius. At $r = \epsilon$,
 # $p_A = p^*$ exactly, every "certified" answer is wrong, and the union bound is as close to tight
 # as it gets. We run the test on {glue:text}`trials:d` independent copies of such an input, at a
-# large $\alpha$ so that a violation would show, and, on the same sample streams, a naive test
-# that spends the whole $\alpha$ at every look.
+# large $\alpha$ so that a violation would show; once at the default settings and once with
+# nine tenths of $\alpha$ on look 0, where the selection samples are reused; and, on the same
+# sample streams, a naive test that spends the whole $\alpha$ at every look.
 
 # %%
 w = torch.tensor([1.0, -2.0], dtype=torch.float64, device=dev)
@@ -279,6 +312,7 @@ gen = torch.Generator(dev).manual_seed(seed)
 lin = SmoothedClassifier(base, 2, sigma_lin, n0=20, n=n_check, alpha=alpha_check, batch_size=100_000, generator=gen)
 
 wrong_seq = int((sequential_certify(lin, x_edge, eps_lin)["decision"] == CERTIFIED).sum())
+wrong_look0 = int((sequential_certify(lin, x_edge, eps_lin, selection_share=0.9)["decision"] == CERTIFIED).sum())
 looks_lin = look_schedule(n_check)
 votes = lin.sample_counts(x_edge, list(np.diff(np.concatenate([[0], looks_lin]))))[:, :, 1].cumsum(0).T.cpu().numpy()
 naive = np.zeros(trials, dtype=bool)
@@ -288,9 +322,12 @@ wrong_naive = int(naive.sum())
 wrong_replay = int((sequential_decisions(votes, looks_lin, sigma_lin, eps_lin, alpha_check)["decision"] == CERTIFIED).sum())
 lo, hi = dl.clopper_pearson(wrong_seq, trials, 0.01)
 lo_n, hi_n = dl.clopper_pearson(wrong_naive, trials, 0.01)
+lo_0, hi_0 = dl.clopper_pearson(wrong_look0, trials, 0.01)
 assert lo <= alpha_check, "the sequential test's wrong-answer rate exceeds α"
+assert lo_0 <= alpha_check, "the sequential test's wrong-answer rate exceeds α with α spent on look 0"
 assert lo_n > alpha_check, "the naive test should exceed α here (otherwise this check has no power)"
-print(f"sequential: {wrong_seq}/{trials} wrong, 99% interval [{lo:.4f}, {hi:.4f}]; replay on the naive "
+print(f"sequential: {wrong_seq}/{trials} wrong, 99% interval [{lo:.4f}, {hi:.4f}]; with 0.9 α on look 0: "
+      f"{wrong_look0}/{trials} [{lo_0:.4f}, {hi_0:.4f}]; replay on the naive "
       f"test's streams: {wrong_replay}/{trials}; naive: {wrong_naive}/{trials} [{lo_n:.4f}, {hi_n:.4f}]; α = {alpha_check}")
 
 # %% tags=["remove-input"]
@@ -302,12 +339,20 @@ glue("rate_seq_lo", float(lo), display=False)
 glue("rate_seq_hi", float(hi), display=False)
 glue("rate_naive", wrong_naive / trials, display=False)
 glue("rate_naive_lo", float(lo_n), display=False)
+glue("rate_look0", wrong_look0 / trials, display=False)
+glue("rate_look0_hi", float(hi_0), display=False)
+glue("seq_first_look", int(DEFAULTS["first_look"]), display=False)
+glue("seq_selection_share", float(DEFAULTS["selection_share"]), display=False)
+glue("seq_beta", float(DEFAULTS["beta"]), display=False)
+glue("seq_gamma", float(DEFAULTS["gamma"]), display=False)
 
 # %% [markdown]
 # With $\alpha =$ {glue:text}`alpha_check:.2f` and {glue:text}`looks_check:d` looks, the
 # sequential test certified the input in {glue:text}`rate_seq:.2%` of the trials (99 % interval
 # {glue:text}`rate_seq_lo:.2%` to {glue:text}`rate_seq_hi:.2%`), within $\alpha$ as
-# {prf:ref}`the theorem <thm-sequential>` says, and below it because the union bound is conservative. The naive
+# {prf:ref}`the theorem <thm-sequential>` says, and below it because the union bound is conservative; with
+# most of $\alpha$ spent on look 0 the rate was {glue:text}`rate_look0:.2%` (upper end of the
+# interval {glue:text}`rate_look0_hi:.2%`). The naive
 # test wrongly certified {glue:text}`rate_naive:.1%` of them (interval from
 # {glue:text}`rate_naive_lo:.1%`): looking repeatedly without spending $\alpha$ breaks the
 # guarantee. `tests/test_sequential.py` runs the same check.
@@ -316,13 +361,16 @@ glue("rate_naive_lo", float(lo_n), display=False)
 #
 # At the paper's settings ($n_0 = 100$, $n = 100{,}000$, $\alpha = 0.001$; $\epsilon = \sigma$
 # for $\sigma = 0.25$ and $0.5$, $\epsilon = 0.5$ for $\sigma = 1$),
-# `tests/benchmarks/bench_sequential.py` drew, for test images spread over the test set, the
-# selection samples and one stream of $n$ estimation samples with the library's sampler, and
-# stored the vote counts at every look. Fixed-n CERTIFY uses the whole stream; the sequential test
-# is replayed on its prefixes, which is distributed exactly as a live run. The two are thus
-# compared on the same noise, and a disagreement comes from the procedures, not from independent
-# Monte-Carlo draws. The same script also ran `sequential_certify` itself, with fresh noise, on
-# the first 1,000 test images.
+# `tests/benchmarks/bench_sequential.py` drew, for every test image, the selection samples and
+# one stream of estimation samples with the library's sampler, and stored the vote counts at every
+# look. A stream stops growing once fixed-n CERTIFY's answer on it is settled (its $1 - 10^{-9}$
+# interval clear of CERTIFY's threshold by six standard errors at $n$); the inputs near the
+# threshold, {glue:text}`full_streams_s10:d` of them for $\sigma = 1$, got all $n$ samples.
+# Fixed-n CERTIFY uses the whole stream; the sequential test is replayed on its prefixes, which is
+# distributed exactly as a live run (the replay never needed a count beyond a stream's end). The
+# two are thus compared on the same noise, and a disagreement comes from the procedures, not from
+# independent Monte-Carlo draws. The same script also ran `sequential_certify` itself, with fresh
+# noise, on the first {glue:text}`live_images:d` test images.
 
 # %% tags=["remove-input"]
 seq = json.loads((RESULTS / sequential_file).read_text())
@@ -346,6 +394,9 @@ for i, key in enumerate(seq["models"]):
     glue(f"agree_{tag}", float(stable.loc[i, "agreement"]), display=False)
     glue(f"images_{tag}", int(stable.loc[i, "images"]), display=False)
     glue(f"median_{tag}", float(stable.loc[i, "median"]), display=False)
+    glue(f"look0_{tag}", float(seq["models"][key]["fraction_look0"]), display=False)
+    glue(f"full_streams_{tag}", int(seq["models"][key]["fixed_exact"]), display=False)
+glue("live_images", int(next(iter(seq["models"].values()))["live"]["images"]), display=False)
 glue("disagreements_total", int(sum(e["disagreements"] for e in seq["models"].values())), display=False)
 glue("seq_table", stable.style.set_uuid("seq").format({"mean samples": "{:.0f}", "median": "{:.0f}", "99 % quantile": "{:.0f}",
                                        "fewer than n0 + n": "{:.0f}×", "agreement": "{:.2%}",
@@ -357,11 +408,12 @@ glue("seq_table", stable.style.set_uuid("seq").format({"mean samples": "{:.0f}",
 #
 # Samples per input of the sequential test (selection included) against $n_0 + n = 100{,}100$
 # for fixed-n CERTIFY, and agreement of the two decisions on the same sample streams, with the
-# live run's savings on the first 1,000 test images.
+# live run's savings on the first {glue:text}`live_images:d` test images.
 # ```
 #
-# The median input needs {glue:text}`median_s025:.0f` samples: the 100 selection samples and one
-# or two looks. The mean is set by the few inputs whose $p_A$ lies close to $\Phi(\epsilon/\sigma)$,
+# The median input needs {glue:text}`median_s025:.0f` samples: look 0 alone decides
+# {glue:text}`look0_s025:.0%` of the inputs for $\sigma = 0.25$ and {glue:text}`look0_s10:.0%`
+# for $\sigma = 1$, on the selection samples that CERTIFY draws anyway. The mean is set by the few inputs whose $p_A$ lies close to $\Phi(\epsilon/\sigma)$,
 # which need the whole budget (and which fixed-n CERTIFY itself decides almost by chance). On the
 # paired streams the test used {glue:text}`savings_s025:.0f`, {glue:text}`savings_s05:.0f` and
 # {glue:text}`savings_s10:.0f` times fewer samples than CERTIFY for $\sigma = 0.25$, $0.5$ and

@@ -431,3 +431,37 @@ def test_bad_input_raises_value_error():
 def test_public_names_are_exported():
     for name in ("pgd", "degradation_attack", "eps_pgd", "foolbox_attack", "multitarget_pgd", "project"):
         assert callable(getattr(dl, name))
+
+
+# The iterates of the attacks are pinned bit for bit: the results store holds per-point outputs of
+# full-test-set runs that tests/test_store.py recomputes and requires to match exactly, so a change
+# of the arithmetic of a step (the unit step, the projection, the order of operations) must show up
+# here first, on a small run, rather than as a mismatch in a full recompute. The digests were
+# recorded with the code of commit 14e9956 (before the per-step overhead was removed) on this
+# project's pinned torch (CPU, one thread); they are platform-bound like the store itself.
+PINNED = {"l2_alg31_pgd": "703a75f000c5ff28", "l2_rejection_pgd": "3c0d76349ec841ea",
+          "l2_certificate_attack": "59450099c69df4bb", "linf_alg31_pgd": "a022e44d3ee2bc8a",
+          "linf_certificate_attack": "899c69fbec5e7947"}
+
+
+def _digest(t: torch.Tensor) -> str:
+    import hashlib
+    return hashlib.sha256(t.detach().cpu().contiguous().numpy().tobytes()).hexdigest()[:16]
+
+
+def test_attack_iterates_are_pinned_bit_for_bit():
+    from degradation_lib.attacks import certificate_attack
+    from degradation_lib.experiments import point_generators
+    x_all, _ = dl.load_mnist("test")
+    idx = list(range(0, 240, 20))
+    x = x_all[idx]
+    g = lambda stream: point_generators(0, idx, stream)
+    got = {}
+    c = dl.load_model("mnist_0.3", "cpu")
+    got["l2_alg31_pgd"] = degradation_attack(c, x, 0.3, attack=functools.partial(pgd, steps=10, generator=g("a")))
+    got["l2_rejection_pgd"] = degradation_attack(c, x, 0.3, attack=rejection_pgd(c, 0.3, steps=10, generator=g("r")))
+    got["l2_certificate_attack"] = certificate_attack(c, x, 0.3, steps=10, generator=g("c"))
+    c = dl.load_model("mnist_linf_0.1", "cpu")
+    got["linf_alg31_pgd"] = degradation_attack(c, x, 0.1, attack=functools.partial(pgd, steps=10, generator=g("a")))
+    got["linf_certificate_attack"] = certificate_attack(c, x, 0.1, steps=10, generator=g("c"))
+    assert {k: _digest(v) for k, v in got.items()} == PINNED

@@ -246,18 +246,28 @@ def bench_pgd_step(T: Timer, x, model_name, images, steps, repeats):
         loss = F.cross_entropy(cert.model(z), labels, reduction="sum")
         torch.autograd.grad(loss, z)
 
+    def score_fwd_bwd():           # what a step must compute: the rejection score's forward + backward
+        z = xs.detach().clone().requires_grad_(True)
+        torch.autograd.grad(cert.rejection_score(z, eps, labels).sum(), z)
+
     tm = T.compare(dict(attack_all=lambda: dl.degradation_attack(cert, xs, eps, attack),
                         attack_all_2x_steps=lambda: dl.degradation_attack(cert, xs, eps, attack2),
                         attack_certified_only=lambda: dl.degradation_attack(cert, xc, eps, attack),
-                        forward_backward=fwd_bwd), repeats)
+                        forward_backward=fwd_bwd, score_forward_backward=score_fwd_bwd), repeats)
     # the marginal cost of one step: (t(2S steps) - t(S steps)) / S, free of the fixed costs
     # (the model's own prediction at x, the random start, the last evaluation, the projection)
     tm["one_step_marginal"] = {k: (tm["attack_all_2x_steps"][k] - tm["attack_all"][k]) / steps
                                for k in ("best_s", "median_s")}
     out = dict(model=model_name, images=images, certified=int(certified.sum()), steps=steps, eps=eps, timings=tm,
                per_step=ratio(tm, "one_step_marginal", "forward_backward", 1.3),
+               # the floor of the ratio above: GloRo's rejection score alone (its differentiable forward
+               # plus the float64 forward of the rounding bound) vs the bare network's forward + backward
+               score_over_forward_backward=ratio(tm, "score_forward_backward", "forward_backward"),
+               per_step_over_score=ratio(tm, "one_step_marginal", "score_forward_backward"),
                per_step_amortized=ratio(tm, "attack_all", "forward_backward", scale=1 / steps),
                per_step_amortized_early_exit=ratio(tm, "attack_certified_only", "forward_backward", scale=1 / steps))
+    print(f"pgd step: score f+b / bare f+b {out['score_over_forward_backward']['ratio']:.3f}, "
+          f"step / score f+b {out['per_step_over_score']['ratio']:.3f}", flush=True)
     print(f"pgd step: marginal {out['per_step']['ratio']:.3f}, amortized over {steps} steps "
           f"{out['per_step_amortized']['ratio']:.3f} (early exit {out['per_step_amortized_early_exit']['ratio']:.3f})",
           flush=True)
