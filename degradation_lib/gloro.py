@@ -842,6 +842,56 @@ class GloroCertifier(Certifier):
             y = F.linear(h, model.head.weight.double(), model.head.bias.double())
         return y, e * (1 + spectral.gamma(4 * len(consts["layers"]) + 8)), norm_up(h)
 
+    def _score_forward(self, x: torch.Tensor):
+        """``(y, (y64, e, h_norm))``: the differentiable logits ``self.model(x)`` and
+        :meth:`_forward_with_error`'s outputs, bit for bit, from one pass through the convolutions.
+
+        Where the certifying convolutions run in the model's own dtype on the CPU (the default
+        there), the model's forward and :meth:`_forward_with_error` compute the same float32
+        convolutions, so their outputs are shared: the rounding terms read the (detached)
+        activations of the differentiable pass, and only the cheap dense layers and the head run
+        a second time, in float64. Elsewhere (CUDA, or ``forward_dtype`` ≠ the model's dtype) the
+        two passes stay separate.
+        """
+        model = self.model
+        p = next(model.parameters())
+        if p.device.type != "cpu" or certification_forward_dtype(p.dtype, p.device, self.forward_dtype) != p.dtype:
+            return model(self._to_model(x)), self._forward_with_error(x)
+        self.lipschitz_constants()
+        consts = self._rounding
+
+        def gam(k, dtype):  # as in _forward_with_error
+            ku = k * rounding_unit(dtype, p.device)
+            return ku / (1 - ku)
+
+        def norm_up(t):
+            return torch.linalg.vector_norm(t.flatten(1), dim=1).double() * (1 + gam(t[0].numel() + 2, t.dtype))
+
+        h = self._to_model(x)
+        h64 = None                                        # the float64 dense path (no gradient)
+        e = torch.zeros(h.shape[0], dtype=torch.float64, device=p.device)
+        with _ieee_fp32(p.device):
+            for layer, c in zip(model.body, consts["layers"]):
+                if isinstance(layer, nn.Linear):
+                    if h.dim() > 2:
+                        h = h.flatten(1)
+                    if h64 is None:
+                        h64 = h.detach().double()
+                    with torch.no_grad():
+                        z64 = F.linear(h64, layer.weight.double(), None if layer.bias is None else layer.bias.double())
+                        e = c["sigma"] * e + gam(c["k"], h64.dtype) * (c["alpha"] * norm_up(h64) + c["beta"])
+                        h64 = model.activation(z64)
+                else:
+                    with torch.no_grad():
+                        e = c["sigma"] * e + gam(c["k"], h.dtype) * (c["alpha"] * norm_up(h.detach()) + c["beta"])
+                h = model.activation(layer(h))
+            y = model.head(h.flatten(1))
+            with torch.no_grad():
+                h64 = (h.detach() if h64 is None else h64).flatten(1).double()
+                y64 = F.linear(h64, model.head.weight.double(), model.head.bias.double())
+                hn = norm_up(h64)
+        return y, (y64, e * (1 + spectral.gamma(4 * len(consts["layers"]) + 8)), hn)
+
     @torch.no_grad()
     def _margin_error(self, y: torch.Tensor, e: torch.Tensor, hn: torch.Tensor, j: torch.Tensor) -> torch.Tensor:
         """``[N, C]`` float64 bound on the rounding error of the computed margins y_j − y_i
@@ -932,14 +982,13 @@ class GloroCertifier(Certifier):
         """
         eps = check_eps(eps)
         x = self._check(x)
-        y = self.model(self._to_model(x))
+        y, (y64, e, hn) = self._score_forward(x)
         if labels is None:
             labels = y.detach().argmax(dim=1)
         labels = self._check_labels(labels, x.shape[0], y.device)
         own = y.gather(1, labels[:, None])
         # the sound check lowers each margin by a rounding bound and the radius by (1 − 4u):
         # the same constants here keep the sign of s equal to the check's answer
-        y64, e, hn = self._forward_with_error(x)
         err = self._margin_error(y64, e, hn, labels.to(y64.device)).to(device=y.device, dtype=y.dtype)
         K = self.K.to(device=y.device, dtype=y.dtype) / (1 - 4 * spectral.U64)
         per = (y + eps * K[labels] + err - own).masked_fill(_top_mask(labels, y.shape[1]), -math.inf)

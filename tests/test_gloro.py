@@ -490,3 +490,24 @@ def test_pgd_never_flips_a_certified_point_within_its_radius(mnist_test):
     # the attack is strong: with a few times the radius it flips many of the same points
     _, flipped_big = l2_pgd(model, x, labels, radius * 4.0, steps=50, restarts=1, gen=gen)
     assert flipped_big.float().mean() > 0.5
+
+
+@pytest.mark.parametrize("name", ["mnist_0.3", "mnist_1.58"])
+def test_score_forward_shares_the_convolutions_bit_for_bit(name):
+    """The rejection score's one-pass forward (CPU) equals the model's forward plus the separate
+    rounding-bound pass of the sound check, bit for bit: logits, gradients and every error term."""
+    cert = load_model(name)
+    x, _ = load_mnist("test")
+    x = x[:64].clone().requires_grad_(True)
+    y, (y64, e, hn) = cert._score_forward(x)
+    g, = torch.autograd.grad(y.square().sum(), x)
+    x2 = x.detach().clone().requires_grad_(True)
+    y_ref = cert.model(x2)
+    g_ref, = torch.autograd.grad(y_ref.square().sum(), x2)
+    y64_ref, e_ref, hn_ref = cert._forward_with_error(x2.detach())
+    for a, b in ((y, y_ref), (g, g_ref), (y64, y64_ref), (e, e_ref), (hn, hn_ref)):
+        assert a.dtype == b.dtype and torch.equal(a, b)
+    # a float64 forward asks for the separate passes (the convolutions differ in dtype)
+    cert64 = GloroCertifier(cert.model, forward_dtype=torch.float64)
+    y, (y64, e, hn) = cert64._score_forward(x.detach())
+    assert torch.equal(y64, cert64._forward_with_error(x.detach())[0]) and y.dtype == torch.float32
