@@ -15,6 +15,7 @@ Independent checks:
 
 from __future__ import annotations
 
+import copy
 import json
 import math
 
@@ -562,6 +563,7 @@ def test_linf_sound_bounds_contain_exact_outputs_of_random_relu_nets(seed):
     g = torch.Generator().manual_seed(300 + seed)
     for net, shape in _small_float32_nets(seed):
         layers = _exact_layers(net, shape)
+        net64 = copy.deepcopy(net).double()
         N = 3
         x = torch.rand(N, *shape, generator=g)
         for clip, eps in ((True, torch.tensor([0.02, 0.1, 0.3])), (False, torch.tensor([0.05, 0.05, 0.2]))):
@@ -581,6 +583,11 @@ def test_linf_sound_bounds_contain_exact_outputs_of_random_relu_nets(seed):
                 l, u = compute_bounds(net, lo, hi, C, method, sound=True)
                 assert _float_le_exact(l[:, None], margins, scale), method
                 assert _float_le_exact(u[:, None], margins, scale, upper=True), method
+                # and not vacuous: within 1e-10 (relative to the IBP width) of the float64 bounds
+                # computed without widening
+                l64, u64 = compute_bounds(net64, lo, hi, C, method)
+                il, iu = compute_bounds(net64, lo, hi, C, "ibp")
+                assert ((l64 - l) <= 1e-10 * (iu - il + 1)).all() and ((u - u64) <= 1e-10 * (iu - il + 1)).all(), method
 
 
 def test_linf_sound_bounds_contain_exact_outputs_of_committed_model():
