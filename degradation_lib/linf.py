@@ -90,8 +90,9 @@ exact logits by its own rounding error, which the certificate does not bound. A 
 recursion e_{l+1} = |W_l| e_l + γ_k^{(32)}·(|W_l| H_l + |b_l|) with u = 2⁻²⁴, k the fan-in + 1,
 H_l the interval magnitudes over the whole box, for kernels that form plain inner products)
 it is ≤ 0.16 per logit and ≤ 0.30 on a margin for every box of the 10,000 test images at
-ε = 0.1 (median 0.15 on the margins; a worst case over the box, the error at one point is
-typically ~1e-5). 9,357 of the 9,394 certified points have a certified margin bound above it:
+ε = 0.1 (median 0.15 on the margins). That is a worst case over the box; measured at the
+10,000 test images themselves, the float32 logits differ from a float64 forward pass by at most
+6.3e-6 (median 3.5e-7). 9,357 of the 9,394 certified points have a certified margin bound above it:
 there the float32 network, too, provably predicts j on the whole box; at the other 37 only the
 exact network is certified. ``compute_bounds`` and ``interval_bounds`` with ``sound=False`` (their
 default, used for training) compute in the inputs' dtype with round to nearest, without these
@@ -101,8 +102,9 @@ Specification
 -------------
 A specification matrix ``C`` ``[N, S, K]`` asks for bounds on ``C f(x)`` instead of ``f(x)``;
 :func:`margin_spec` builds the rows ``e_j − e_i`` (i ≠ j) of the margins y_j − y_i. ``C`` is
-folded into the last linear layer before any bound is computed, which is exact and tighter
-than bounding the logits first.
+folded into the last linear layer before any bound is computed, which is exact in real
+arithmetic (its rounding is bounded with ``sound=True``) and tighter than bounding the logits
+first.
 """
 
 from __future__ import annotations
