@@ -77,9 +77,10 @@ rounding error bounded a priori), so no rounding can make a certificate claim mo
 
 The widening this costs is ~1e-12 to 1e-8 of the magnitudes involved (on a random linear network
 with N(0, 1) weights, margins O(100), the sound KW bound is ~2e-8 below the exact minimum, which
-the former float32 bound *exceeded* by up to 2.5e-5 relative). On ``mnist_linf_0.1`` the sound
-bounds differ from the former float32 ones by at most 5.7e-5 (mostly the float32 rounding that is
-gone), far below the smallest |margin bound| at ε = 0.1 (1.15e-3): no certificate on the 10,000
+the former float32 bound *exceeded* by up to 2.5e-5 relative). On ``mnist_linf_0.1`` (first 200
+test images, ε = 0.1) the sound margin bounds lie 1.7e-10 to 1.3e-8 below the same bounds computed
+in float64 without widening (KW ∩ IBP; IBP: 1.6e-10 to 2.6e-9), and they differ from the former
+float32 bounds by at most 5.7e-5 (the float32 rounding that is gone) on all 10,000, far below the smallest |margin bound| at ε = 0.1 (1.15e-3): no certificate on the 10,000
 test images changed (VRA 0.9394 KW ∩ IBP, 0.9385 IBP, before and after). Cost: ~1.3–1.6× the
 former float32 computation on a CPU (float64 transposed convolutions, 256-row chunks).
 
@@ -885,7 +886,7 @@ class LinfCertifier(Certifier):
         ``certify(x, eps)`` returns l (with the certifier's method); s(x) ≥ 0 otherwise: the
         score is computed by the same sound float64 bound as the check (same batches, same
         operations), its rounding-error terms being detached constants (gradients are those of
-        the bound without them; they shift it by ~1e-12 relative). float64 ``[N]``.
+        the bound without them; they lower it by ≤ 1.3e-8 on ``mnist_linf_0.1``). float64 ``[N]``.
 
         Args:
             x: inputs ``[N, ...]`` in [0, 1].
