@@ -1,6 +1,7 @@
 # ---
 # jupyter:
 #   jupytext:
+#     cell_metadata_filter: -papermill
 #     formats: ipynb,py:percent
 #     notebook_metadata_filter: -jupytext.text_representation.jupytext_version
 #     text_representation:
@@ -183,6 +184,14 @@ pd.DataFrame({"margin bound at ε = ¼": [f"[{toy[m][0]:.4f}, {toy[m][1]:.4f}]" 
 # as computed by hand. The tests (`tests/test_linf.py`) also check the bounds against dense
 # sampling on random convolutional networks and against Wong and Kolter's own implementation
 # (`convex_adversarial` 0.4.4) to $10^{-4}$.
+#
+# Rounding cannot make a certificate claim too much: the certifier computes the bounds in float64
+# on the stored (float32) weights, rounds the input box outward and widens every step by an
+# a-priori bound on its rounding error (Higham's bound on each inner product; relaxation lines
+# valid for the slopes actually computed), so its certificates hold for the network in exact
+# arithmetic at every real point of the box. `tests/test_soundness.py` checks the bounds against
+# outputs computed in exact integer arithmetic at box corners and sampled points; the derivation
+# is in the docstring of `degradation_lib.linf` ("Floating-point rounding").
 #
 # The certified radius is found by bisection on $\epsilon$, batched over images: it is the
 # largest $\epsilon$ at which the check succeeded (a sound lower bound, within `tol` of the

@@ -15,6 +15,7 @@ Independent checks:
 
 from __future__ import annotations
 
+import copy
 import json
 import math
 
@@ -599,58 +600,264 @@ def test_p_A_lower_rejects_bad_counts():
 
 
 # -------------------------------------------------------------------------------------------
-# ℓ∞ bounds: corners of the box, float32 against float64
+# ℓ∞ bounds: sound under rounding, checked in exact (integer) arithmetic
 # -------------------------------------------------------------------------------------------
+# Every float is a dyadic rational, so a network with float32 weights evaluated on float64
+# inputs is computed *exactly* with Python integers: weights scaled by 2^149 (float32's smallest
+# subnormal is 2^-149), inputs by 2^1074 (float64's). No tolerance anywhere below.
 
-@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
-def test_linf_bounds_contain_corners_up_to_documented_rounding(dtype):
-    """On a linear network every method's lower bound is attained at the corner x*_i = lo_i where
-    the (specification-folded) weight is positive, hi_i elsewhere. The bounds, computed in
-    ``dtype``, contain the exact (float64) outputs at x* and at random corners up to the rounding
-    that linf.py documents: γ_k·(|W|(|c| + r) + |b|), k the fan-in, u of ``dtype``."""
-    from torch import nn
-    from degradation_lib.linf import BOUND_METHODS, compute_bounds, input_box, margin_spec
-    g = torch.Generator().manual_seed(21)
-    net = nn.Sequential(nn.Conv2d(1, 4, 3, 2, 1), nn.Flatten(), nn.Linear(4 * 7 * 7, 30), nn.Linear(30, 10))
+W_SCALE, X_SCALE = 149, 1074
+
+
+def _int_array(t: torch.Tensor, scale: int) -> np.ndarray:
+    """Exact integers t·2^scale (object array) of a float tensor whose entries are multiples of 2^-scale."""
+    out = np.empty(t.numel(), dtype=object)
+    for j, v in enumerate(t.detach().double().cpu().reshape(-1).tolist()):
+        p, q = float(v).as_integer_ratio()
+        assert (1 << scale) % q == 0
+        out[j] = p * ((1 << scale) // q)
+    return out.reshape(tuple(t.shape))
+
+
+def _exact_layers(net: torch.nn.Module, in_shape):
+    """The net as exact integer maps: [(kind, W_int, b_int, extra)], kind "relu", "linear" or
+    "conv" (weights per group [C_out/g, C_in/g·kh·kw] and im2col index maps from ``F.unfold`` of
+    the input's positions, 0 for padding). Weights must be float32 values."""
+    from degradation_lib.linf import sequential_layers
+    out, shape = [], tuple(in_shape)
+    for layer in sequential_layers(net):
+        if isinstance(layer, torch.nn.ReLU):
+            out.append(("relu", None, None, None))
+        elif isinstance(layer, torch.nn.Flatten):
+            shape = (math.prod(shape),)
+        else:
+            w = layer.weight.detach().double()
+            assert torch.equal(w.float().double(), w), "weights must be float32 values"
+            b = torch.zeros(w.shape[0], dtype=torch.float64) if layer.bias is None else layer.bias.detach().double()
+            if isinstance(layer, torch.nn.Linear):
+                out.append(("linear", _int_array(w, W_SCALE), _int_array(b, W_SCALE), None))
+                shape = (w.shape[0],)
+                continue
+            C_in, gr = shape[0], layer.groups
+            pos = (torch.arange(math.prod(shape), dtype=torch.float64) + 1).reshape(1, *shape)
+            y = F.conv2d(torch.zeros(1, *shape, dtype=torch.float64), w, None, layer.stride, layer.padding,
+                         layer.dilation, gr)
+            idx, Ws = [], []
+            co = w.shape[0] // gr
+            for k in range(gr):
+                part = pos[:, k * C_in // gr:(k + 1) * C_in // gr]
+                idx.append(F.unfold(part, layer.kernel_size, layer.dilation, layer.padding, layer.stride)[0].long().numpy())
+                Ws.append(_int_array(w[k * co:(k + 1) * co].reshape(co, -1), W_SCALE))
+            out.append(("conv", Ws, _int_array(b, W_SCALE), (idx, y.shape[2] * y.shape[3])))
+            shape = tuple(y.shape[1:])
+    return out
+
+
+def _exact_forward(layers, x: torch.Tensor):
+    """Exact outputs of the net at float64 points ``x`` [P, ...]: (integers [P, K], scale exponent)."""
+    v, scale = _int_array(x.reshape(x.shape[0], -1), X_SCALE).T, X_SCALE      # [n, P]
+    P = v.shape[1]
+    for kind, W, b, extra in layers:
+        if kind == "relu":
+            v = v * (v > 0)
+            continue
+        if kind == "linear":
+            v = W.dot(v)
+            bias = b
+        else:
+            idx, L = extra
+            ext = np.concatenate([np.zeros((1, P), dtype=object), v])          # row 0: padding
+            v = np.concatenate([Wg.dot(ext[ig].reshape(ig.shape[0], -1)) for Wg, ig in zip(W, idx)])
+            v = v.reshape(-1, P)                                               # (C, H·W) order
+            bias = np.repeat(b, L)
+        v = v + np.array([bi << scale for bi in bias], dtype=object)[:, None]
+        scale += W_SCALE
+    return v.T, scale
+
+
+def _float_le_exact(bound: torch.Tensor, values: np.ndarray, scale: int, upper: bool = False) -> bool:
+    """Whether bound ≤ values/2^scale (≥ with ``upper``) everywhere, compared exactly; ``bound``
+    broadcastable to ``values``."""
+    b = np.broadcast_to(_int_array(bound.double(), X_SCALE), values.shape)
+    lhs = b * (1 << scale)                 # bound · 2^(X_SCALE + scale)
+    rhs = values * (1 << X_SCALE)
+    return bool(np.all(lhs >= rhs)) if upper else bool(np.all(lhs <= rhs))
+
+
+def _linf_linear_net(seed: int = 21):
+    """The linear network of the former 'rounding allowance' test: conv, flatten, two dense layers
+    (float32 weights ~ N(0, 1)), on 1×14×14 inputs."""
+    g = torch.Generator().manual_seed(seed)
+    net = torch.nn.Sequential(torch.nn.Conv2d(1, 4, 3, 2, 1), torch.nn.Flatten(), torch.nn.Linear(4 * 7 * 7, 30),
+                              torch.nn.Linear(30, 10))
     with torch.no_grad():
         for p in net.parameters():
             p.copy_(torch.randn(p.shape, generator=g))
-    net = net.to(dtype)
-    net64 = net.double() if dtype == torch.float64 else __import__("copy").deepcopy(net).double()
-    x = torch.rand(6, 1, 14, 14, generator=g, dtype=dtype)
-    lo, hi = input_box(x, 0.1)
+    return net, g
+
+
+def test_linf_sound_kw_bound_below_exact_box_minimum_of_linear_net():
+    """On a linear network every method's lower bound must be ≤ the exact minimum of each margin
+    over the box, min_x (M x + m) = Σ_j min(M_j lo_j, M_j hi_j) + m, with M and m composed in
+    integers. The former float32 bounds (sound=False) exceed it (by up to ~2.5e-5 relative: the
+    case this test was written for); the sound bounds never do, and stay within 1e-9 of it."""
+    from fractions import Fraction
+    from degradation_lib.linf import BOUND_METHODS, compute_bounds, input_box, margin_spec
+    net, g = _linf_linear_net()
+    x = torch.rand(6, 1, 14, 14, generator=g)
+    lo, hi = input_box(x.double(), 0.1, outward=True)
     labels = net(x).argmax(1)
-    C = margin_spec(labels, 10, dtype=dtype)
-    # the composed affine map z = M x + m of the margins, in float64
-    with torch.no_grad():
-        basis = torch.eye(196, dtype=torch.float64).reshape(196, 1, 14, 14)
-        m0 = net64(torch.zeros(1, 1, 14, 14, dtype=torch.float64))[0]
-        M = (net64(basis) - m0).T                                       # [10, 196]
-    Ms = torch.einsum("nsk,kd->nsd", C.double(), M)                     # [N, 9, 196]
-    ms = torch.einsum("nsk,k->ns", C.double(), m0)
-    lo64, hi64 = lo.double().flatten(1), hi.double().flatten(1)
-    c, r = (lo64 + hi64) / 2, (hi64 - lo64) / 2
-    exact_min = torch.einsum("nsd,nd->ns", Ms, c) - torch.einsum("nsd,nd->ns", Ms.abs(), r) + ms
-    # x* attains it (an independent evaluation through the network)
-    star = torch.where(Ms > 0, lo64[:, None], hi64[:, None])           # [N, 9, 196]
-    with torch.no_grad():
-        out = net64(star.reshape(-1, 1, 14, 14)).reshape(6, 9, 10)
-    at_star = torch.einsum("nsk,nsk->ns", C.double(), out)
-    assert torch.allclose(at_star, exact_min, rtol=1e-10, atol=1e-10)
-    # the documented rounding allowance (layer by layer magnitudes, generous fan-in)
-    u = torch.finfo(dtype).eps / 2
-    k = 196 + 30 + 10
-    scale = torch.einsum("nsd,nd->ns", Ms.abs(), c.abs() + r) + ms.abs() + 1.0
-    allowance = 4 * k * u * scale * 10
+    C = margin_spec(labels, 10, dtype=torch.float32)
+    layers = _exact_layers(net, (1, 14, 14))
+    (_, W2, b2, _), (_, W3, b3, _) = layers[1:]
+    # the convolution's explicit matrix and bias, exactly: its outputs on the standard basis
+    # (minus those at 0), then composed with the dense layers
+    basis = torch.cat([torch.zeros(1, 196, dtype=torch.float64), torch.eye(196, dtype=torch.float64)])
+    out0, s0 = _exact_forward(layers[:1], basis.reshape(197, 1, 14, 14))
+    Wc, bc = (out0[1:] - out0[0]).T >> X_SCALE, out0[0] >> X_SCALE         # scale 149, exact shifts
+    assert s0 - X_SCALE == W_SCALE and all((v << X_SCALE) == u for v, u in zip(bc, out0[0]))
+    M = W3.dot(W2).dot(Wc)                                              # scale 3·149
+    m = W3.dot(W2.dot(bc) + (b2 << W_SCALE)) + (b3 << (2 * W_SCALE))   # scale 3·149
+    lo_i, hi_i = _int_array(lo.flatten(1), X_SCALE), _int_array(hi.flatten(1), X_SCALE)
+    exact_min = np.empty((6, 9), dtype=object)                          # scale 3·149 + 1074
+    for n in range(6):
+        Cn = C[n].to(torch.int64).numpy().astype(object)                # rows e_j − e_i
+        Ms, ms = Cn.dot(M), Cn.dot(m)
+        for s_ in range(9):
+            terms = [min(a * l_, a * h_) for a, l_, h_ in zip(Ms[s_], lo_i[n], hi_i[n])]
+            exact_min[n, s_] = sum(terms) + (ms[s_] << X_SCALE)
+    scale = 3 * W_SCALE + X_SCALE
+    exact_f = torch.tensor([[float(Fraction(v, 1 << scale)) for v in row] for row in exact_min], dtype=torch.float64)
+    ibp_l, ibp_u = compute_bounds(net, lo, hi, C, "ibp", sound=True)
     for method in BOUND_METHODS:
-        l, h = compute_bounds(net, lo, hi, C, method)
-        l = l.double()
-        assert (l <= exact_min + allowance).all(), method
-        # random corners stay above the lower bound too
-        u01 = torch.rand(6, 200, 196, generator=g, dtype=torch.float64).round()
-        corners = lo64[:, None] + (hi64 - lo64)[:, None] * u01
+        lb, ub = compute_bounds(net, lo.float(), hi.float(), C, method)       # the former float32 bounds
+        lbs, ubs = compute_bounds(net, lo, hi, C, method, sound=True)
+        assert lbs.dtype == torch.float64
+        # exact comparison: lbs ≤ exact minimum, with the scale of the exact values
+        lhs = np.broadcast_to(_int_array(lbs, X_SCALE), exact_min.shape) * (1 << (3 * W_SCALE + X_SCALE))
+        assert np.all(lhs <= exact_min * (1 << X_SCALE)), method
+        if method == "ibp":
+            continue   # IBP is exact for one affine layer only: looser here, nothing more to check
+        # not vacuous: the KW bound of a linear net is exact in real arithmetic, and the sound one
+        # is below it by < 1e-10 of the magnitudes involved (here the IBP width, ~5e3; the
+        # margins are O(10-100), the gap ~2e-8)
+        assert ((exact_f - lbs) <= 1e-10 * (ibp_u - ibp_l)).all(), method
+        # the float32 bound without outward rounding is above the exact minimum somewhere
+        excess = (lb.double() - exact_f) / exact_f.abs().clamp_min(1)
+        assert excess.max() > 1e-6, (method, float(excess.max()))
+
+
+def _small_float32_nets(seed: int):
+    """Random ReLU networks with float32 weights: dense; conv with stride/padding; dilation,
+    groups and two affine layers before the first ReLU. Returns [(net, input shape)]."""
+    g = torch.Generator().manual_seed(seed)
+    nn_ = torch.nn
+    nets = [
+        (nn_.Sequential(nn_.Flatten(), nn_.Linear(6, 8), nn_.ReLU(), nn_.Linear(8, 7), nn_.ReLU(), nn_.Linear(7, 4)), (1, 2, 3)),
+        (nn_.Sequential(nn_.Conv2d(1, 3, 3, stride=2, padding=0), nn_.ReLU(), nn_.Conv2d(3, 4, 2, stride=1, padding=1),
+                        nn_.ReLU(), nn_.Flatten(), nn_.Linear(4 * 5 * 5, 6), nn_.ReLU(), nn_.Linear(6, 3)), (1, 9, 9)),
+        (nn_.Sequential(nn_.Conv2d(2, 4, 3, stride=1, padding=2, dilation=2), nn_.Conv2d(4, 4, 3, stride=2, padding=1, groups=2),
+                        nn_.ReLU(), nn_.Flatten(), nn_.Linear(4 * 4 * 4, 10), nn_.ReLU(), nn_.Linear(10, 5)), (2, 7, 7)),
+    ]
+    for net, _ in nets:
         with torch.no_grad():
-            vals = torch.einsum("nsk,npk->nps", C.double(), net64(corners.reshape(-1, 1, 14, 14)).reshape(6, 200, 10))
-        assert (vals >= l[:, None] - allowance[:, None]).all(), method
-        if dtype == torch.float64:  # float64: within ~1e-12 relative
-            assert (l <= exact_min + 1e-12 * scale).all(), method
+            for p in net.parameters():
+                p.copy_(torch.randn(p.shape, generator=g) * (1.5 / math.sqrt(max(p[0].numel(), 1))))
+    return nets
+
+
+def _box_points(lo, hi, n_random, n_corners, g):
+    """[N, P, ...] points of each box: its centre, ``n_random`` uniform points and ``n_corners``
+    random vertices, all exactly inside [lo, hi] (float64)."""
+    N = lo.shape[0]
+    u = torch.rand(N, n_random + n_corners, *lo.shape[1:], generator=g, dtype=torch.float64)
+    u[:, n_random:] = u[:, n_random:].round()
+    pts = lo[:, None] + (hi - lo)[:, None] * u
+    pts = torch.minimum(torch.maximum(pts, lo[:, None]), hi[:, None])
+    pts[:, n_random:] = torch.where(u[:, n_random:] > 0, hi[:, None].expand_as(pts[:, n_random:]),
+                                    lo[:, None].expand_as(pts[:, n_random:]))
+    return torch.cat([((lo + hi) / 2)[:, None], pts], 1)
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+def test_linf_sound_bounds_contain_exact_outputs_of_random_relu_nets(seed):
+    """Random ReLU nets with float32 weights: the exact (integer-arithmetic) outputs and margins at
+    the box's centre, uniform points and random corners never leave the sound bounds of any
+    method, with and without a specification matrix, clipped and unclipped boxes."""
+    from degradation_lib.linf import BOUND_METHODS, compute_bounds, input_box, margin_spec
+    g = torch.Generator().manual_seed(300 + seed)
+    for net, shape in _small_float32_nets(seed):
+        layers = _exact_layers(net, shape)
+        net64 = copy.deepcopy(net).double()
+        N = 3
+        x = torch.rand(N, *shape, generator=g)
+        for clip, eps in ((True, torch.tensor([0.02, 0.1, 0.3])), (False, torch.tensor([0.05, 0.05, 0.2]))):
+            lo, hi = input_box(x.double(), eps.double(), clip=clip, outward=True)
+            K = net(x[:1]).shape[1]
+            labels = net(x).argmax(1)
+            C = margin_spec(labels, K, dtype=torch.float64)
+            pts = _box_points(lo, hi, 40, 40, g)                         # [N, 81, ...]
+            P = pts.shape[1]
+            vals, scale = _exact_forward(layers, pts.reshape(N * P, *shape))
+            vals = vals.reshape(N, P, K)
+            Ci = C.to(torch.int64).numpy().astype(object)
+            margins = np.stack([vals[n].dot(Ci[n].T) for n in range(N)])   # [N, P, K − 1]
+            for method in BOUND_METHODS:
+                l, u = compute_bounds(net, lo, hi, None, method, sound=True)
+                assert _float_le_exact(l[:, None], vals, scale) and _float_le_exact(u[:, None], vals, scale, upper=True), method
+                l, u = compute_bounds(net, lo, hi, C, method, sound=True)
+                assert _float_le_exact(l[:, None], margins, scale), method
+                assert _float_le_exact(u[:, None], margins, scale, upper=True), method
+                # and not vacuous: within 1e-10 (relative to the IBP width) of the float64 bounds
+                # computed without widening
+                l64, u64 = compute_bounds(net64, lo, hi, C, method)
+                il, iu = compute_bounds(net64, lo, hi, C, "ibp")
+                assert ((l64 - l) <= 1e-10 * (iu - il + 1)).all() and ((u - u64) <= 1e-10 * (iu - il + 1)).all(), method
+
+
+def test_linf_sound_bounds_contain_exact_outputs_of_committed_model():
+    """mnist_linf_0.1 (float32 weights), two test images at ε = 0.1: the exact margins at the
+    centre, two random corners and, per margin, the corner that a float64 gradient sign points
+    to (the vertex closest to the minimiser of the locally linear margin) stay above the
+    certifier's lower bounds; the certifier's bounds are the sound ones (float64)."""
+    from degradation_lib import load_mnist
+    from degradation_lib.linf import input_box, margin_spec
+    cert = load_model("mnist_linf_0.1")
+    model = cert.model
+    x, _ = load_mnist("test")
+    x = x[:2]
+    labels = cert.predict(x)
+    lb = cert.margin_lower_bounds(x, 0.1, labels)
+    assert lb.dtype == torch.float64
+    lo, hi = input_box(x.double(), 0.1, outward=True)
+    C = margin_spec(labels, 10, dtype=torch.float64)
+    g = torch.Generator().manual_seed(5)
+    net64 = __import__("copy").deepcopy(model).double()
+    layers = _exact_layers(model, (1, 28, 28))
+    for n in range(2):
+        z = x[n:n + 1].double().requires_grad_(True)
+        grads = torch.stack([torch.autograd.grad((C[n, s_] * net64(z)[0]).sum(), z)[0][0] for s_ in range(9)])
+        worst = torch.where(grads < 0, hi[n], lo[n])                     # [9, 1, 28, 28]
+        corners = torch.where(torch.rand(2, 1, 28, 28, generator=g) < 0.5, hi[n], lo[n])
+        pts = torch.cat([((lo[n] + hi[n]) / 2)[None], corners, worst])
+        vals, scale = _exact_forward(layers, pts)
+        margins = vals.dot(C[n].to(torch.int64).numpy().astype(object).T)   # [12, 9]
+        assert _float_le_exact(lb[n][None], margins, scale)
+
+
+def test_linf_certifier_box_is_outward_rounded_and_float64():
+    """The certifier's box contains the exact [x − ε, x + ε] ∩ [0, 1] for float64 inputs that
+    float32 cannot represent (no rounding of x to the model's dtype), and it returns float64
+    radii and bounds."""
+    from fractions import Fraction
+    from degradation_lib.linf import LinfCertifier, input_box
+    g = torch.Generator().manual_seed(9)
+    x = torch.rand(50, 7, generator=g, dtype=torch.float64) * 0.8 + 0.1
+    eps = 0.1
+    lo, hi = input_box(x, eps, outward=True)
+    for a, l_, h_ in zip(x.reshape(-1).tolist(), lo.reshape(-1).tolist(), hi.reshape(-1).tolist()):
+        assert Fraction(l_) <= Fraction(a) - Fraction(eps) and Fraction(h_) >= Fraction(a) + Fraction(eps)
+    net = torch.nn.Sequential(torch.nn.Linear(7, 5), torch.nn.ReLU(), torch.nn.Linear(5, 3))
+    cert = LinfCertifier(net, tol=1e-3)
+    labels, r = cert.certified_radius(x[:5].float())
+    assert r.dtype == torch.float64 and cert.margin_lower_bounds(x[:5], 0.01).dtype == torch.float64
