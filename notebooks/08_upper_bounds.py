@@ -1,6 +1,7 @@
 # ---
 # jupyter:
 #   jupytext:
+#     cell_metadata_filter: -papermill
 #     formats: ipynb,py:percent
 #     notebook_metadata_filter: -jupytext.text_representation.jupytext_version
 #     text_representation:
@@ -13,7 +14,7 @@
 #     name: python3
 # ---
 
-# %% [markdown] papermill={"duration": 0.004303, "end_time": "2026-11-27T09:10:08.258675+00:00", "exception": false, "start_time": "2026-11-27T09:10:08.254372+00:00", "status": "completed"}
+# %% [markdown]
 # (08-upper-bounds)=
 # # Upper bounds on degradation: Figures 2 and 3, Table 5
 #
@@ -33,13 +34,13 @@
 # Table 5 (the $\ell_\infty$ defense of Wong and Kolter {cite}`wong2018provable`), from the
 # authors' published per-point radii and from our own models, and checks the paper's numbers.
 
-# %% papermill={"duration": 0.016613, "end_time": "2026-11-27T09:10:08.285119+00:00", "exception": false, "start_time": "2026-11-27T09:10:08.268506+00:00", "status": "completed"} tags=["parameters"]
+# %% tags=["parameters"]
 grid_points: int = 400  # radii ε per curve (the curves cost one sort and one binary search per ε)
 alpha: float = 0.05  # the intervals are (1 − alpha) Clopper–Pearson
 seed: int = 0  # unused: every number here is read from stored or published radii (kept for the house interface)
 device: str = "auto"  # unused for the same reason; "auto" picks CUDA when present
 
-# %% papermill={"duration": 5.390102, "end_time": "2026-11-27T09:10:13.682501+00:00", "exception": false, "start_time": "2026-11-27T09:10:08.292399+00:00", "status": "completed"}
+# %%
 import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
@@ -51,7 +52,7 @@ from degradation_lib import published, upper_bound_curve
 from degradation_lib.paper import (APPENDIX_C_KW, ATTACK_SHARE_OF_UPPER_BOUND, GLORO_PUBLISHED_VRA, TABLE1_GLORO,
                                    UPPER_BOUNDS_GLORO, UPPER_BOUNDS_SMOOTHING_CIFAR10)
 
-# %% [markdown] papermill={"duration": 0.008477, "end_time": "2026-11-27T09:10:13.732585+00:00", "exception": false, "start_time": "2026-11-27T09:10:13.724108+00:00", "status": "completed"}
+# %% [markdown]
 # ## Where the radii come from
 #
 # * **The authors' GloRo radii** (`degradation_lib.published.gloro_radii`): one row per test
@@ -70,7 +71,7 @@ from degradation_lib.paper import (APPENDIX_C_KW, ATTACK_SHARE_OF_UPPER_BOUND, G
 # convention of its source (published: $\ge$, ours: $>$), and the table says how many points the
 # other convention would move.
 
-# %% papermill={"duration": 0.578393, "end_time": "2026-11-27T09:10:14.330846+00:00", "exception": false, "start_time": "2026-11-27T09:10:13.752453+00:00", "status": "completed"}
+# %%
 GLORO_EPS = {"mnist_0.3": 0.3, "mnist_1.58": 1.58, "cifar10_0.141": 36 / 255}   # the paper's evaluation radii
 PUBLISHED_FILE = {"mnist_0.3": "mnist_0.3", "mnist_1.58": "mnist_1.58", "cifar10_0.141": "cifar10_0.14"}
 OUR_GLORO = {"mnist_0.3": ("mnist_0.3", "mnist_0.3_2eps"), "mnist_1.58": ("mnist_1.58", "mnist_1.58_2eps")}
@@ -136,7 +137,7 @@ for key, c in curves.items():
     c["eval_eps"] = eps0
     c["top_ties"] = int(np.sum(ok & (c["radius"] == c["radius"][ok].max())))
 
-# %% papermill={"duration": 3.323484, "end_time": "2026-11-27T09:10:17.657500+00:00", "exception": false, "start_time": "2026-11-27T09:10:14.334016+00:00", "status": "completed"} tags=["remove-input"]
+# %% tags=["remove-input"]
 sources = pd.DataFrame([{"curve": k, "source": c["source"], "points": len(c["radius"]),
                          "accuracy": f"{c['correct'].mean():.1%}", "convention": "r > ε" if c["strict"] else "r ≥ ε",
                          "ties at the evaluation radius": c["eval_ties"],
@@ -181,7 +182,7 @@ glue("n_tie_curves", len(detail), display=False)
 glue("tie_detail", "; ".join(detail) if detail else "none", display=False)
 display(sources)
 
-# %% [markdown] papermill={"duration": 0.012013, "end_time": "2026-11-27T09:10:17.692661+00:00", "exception": false, "start_time": "2026-11-27T09:10:17.680648+00:00", "status": "completed"}
+# %% [markdown]
 # At the evaluation radii, {glue:text}`n_eval_tied:d` of the {glue:text}`n_curves:d` curves have a
 # correct point whose radius is exactly $\epsilon$ or $2\epsilon$ ({glue:text}`eval_tied`),
 # {glue:text}`eval_delta_sentence`. Such a tie also tells which convention the paper used
@@ -192,7 +193,7 @@ display(sources)
 # other curves tie where a radius equals a grid radius exactly: a panel's largest radius is the
 # grid's last point, and CERTIFY gives every point with unanimous votes the same, largest radius.
 
-# %% [markdown] papermill={"duration": 0.008291, "end_time": "2026-11-27T09:10:17.712728+00:00", "exception": false, "start_time": "2026-11-27T09:10:17.704437+00:00", "status": "completed"}
+# %% [markdown]
 # ## Figure 2: GloRo nets
 #
 # For each GloRo net, the upper bound on the false-positive rate (top) and the VRA (bottom)
@@ -203,7 +204,7 @@ display(sources)
 # CIFAR-10 models are not public and no CIFAR-10 copy is installable here. Dotted vertical lines
 # mark the paper's evaluation radii, crosses the paper's values there.
 
-# %% mystnb={"figure": {"caption": "Figure 2 of the paper, recomputed. Top: upper bound on the false-positive rate of any degradation attack, 1 \u2212 P[r \u2265 2\u03b5]/P[r \u2265 \u03b5] over correct points (shaded: 95 % Clopper\u2013Pearson interval, where at least 50 points are certified); bottom: VRA at \u03b5. Colours: the paper's settings, trained at \u03b5 (dark) or at 2\u03b5 (light); solid: the authors' published radii, dashed: our models, dotted: the authors' models converted and certified here. Dotted lines: the paper's evaluation radii; crosses: the paper's upper bounds.", "name": "fig-upper-bounds-gloro"}} papermill={"duration": 1.937372, "end_time": "2026-11-27T09:10:19.661783+00:00", "exception": false, "start_time": "2026-11-27T09:10:17.724411+00:00", "status": "completed"}
+# %% mystnb={"figure": {"caption": "Figure 2 of the paper, recomputed. Top: upper bound on the false-positive rate of any degradation attack, 1 \u2212 P[r \u2265 2\u03b5]/P[r \u2265 \u03b5] over correct points (shaded: 95 % Clopper\u2013Pearson interval, where at least 50 points are certified); bottom: VRA at \u03b5. Colours: the paper's settings, trained at \u03b5 (dark) or at 2\u03b5 (light); solid: the authors' published radii, dashed: our models, dotted: the authors' models converted and certified here. Dotted lines: the paper's evaluation radii; crosses: the paper's upper bounds.", "name": "fig-upper-bounds-gloro"}}
 MIN_SHADE = 50   # shade the interval only where at least this many points are certified at ε
 
 
@@ -250,13 +251,13 @@ for col, dataset in enumerate(("mnist", "cifar10")):
 fig.tight_layout()
 plt.show()
 
-# %% [markdown] papermill={"duration": 0.018131, "end_time": "2026-11-27T09:10:19.699222+00:00", "exception": false, "start_time": "2026-11-27T09:10:19.681091+00:00", "status": "completed"}
+# %% [markdown]
 # Every upper-bound curve climbs to 1 as $\epsilon$ grows, as the paper observes: once $2\epsilon$
 # exceeds the largest certified radius, no point survives the $2\epsilon$ check while some are
 # still certified at $\epsilon$. The cell below asserts it for every curve on this page (GloRo,
 # smoothing and $\ell_\infty$).
 
-# %% papermill={"duration": 0.040792, "end_time": "2026-11-27T09:10:19.761581+00:00", "exception": false, "start_time": "2026-11-27T09:10:19.720789+00:00", "status": "completed"}
+# %%
 for key, c in curves.items():
     cv = c["curve"]
     top = float(c["radius"][c["correct"]].max())
@@ -266,13 +267,13 @@ for key, c in curves.items():
     assert cv["upper_bound"][first] < 1.0, key          # it does rise: below 1 at the smallest radius
     assert np.all(np.diff(cv["vra"]) <= 0), key          # the VRA never grows with ε
 
-# %% [markdown] papermill={"duration": 0.018634, "end_time": "2026-11-27T09:10:19.799334+00:00", "exception": false, "start_time": "2026-11-27T09:10:19.780700+00:00", "status": "completed"}
+# %% [markdown]
 # ### The values at the paper's radii
 #
 # The same curves evaluated exactly at the paper's radii (not read off the grid). The cell asserts
 # that the authors' radii give the paper's upper bounds to three decimals.
 
-# %% papermill={"duration": 0.107112, "end_time": "2026-11-27T09:10:19.923924+00:00", "exception": false, "start_time": "2026-11-27T09:10:19.816812+00:00", "status": "completed"}
+# %%
 def at(c, eps):
     """The curve of ``c`` at the single radius ``eps``, as plain numbers."""
     cv = upper_bound_curve(c["radius"], c["correct"], eps, strict=c["strict"], alpha=alpha)
@@ -295,7 +296,7 @@ for setting, eps in GLORO_EPS.items():
                             "hi": v["hi"], "paper's upper bound": paper_ub}))
 table2eps = pd.DataFrame(rows)
 
-# %% papermill={"duration": 0.209997, "end_time": "2026-11-27T09:10:20.151256+00:00", "exception": false, "start_time": "2026-11-27T09:10:19.941259+00:00", "status": "completed"} tags=["remove-input"]
+# %% tags=["remove-input"]
 def pct(v, lo=None, hi=None, digits=1):
     return f"{v:.{digits}%}" + (f" [{lo:.{digits}%}, {hi:.{digits}%}]" if lo is not None else "")
 
@@ -316,7 +317,7 @@ for setting in GLORO_EPS:
         glue(f"pub_vra_{setting}_{tag}", row["VRA at ε"], display=False)
         glue(f"pub_vra2_{setting}_{tag}", row["VRA at 2ε"], display=False)
 
-# %% [markdown] papermill={"duration": 0.031852, "end_time": "2026-11-27T09:10:20.209060+00:00", "exception": false, "start_time": "2026-11-27T09:10:20.177208+00:00", "status": "completed"}
+# %% [markdown]
 # ### Where the paper's numbers and its released radii disagree
 #
 # The upper bounds agree. The VRAs do not all agree: the radii released for the models trained at
@@ -324,7 +325,7 @@ for setting in GLORO_EPS:
 # paper's Table 1 (measured on the models the attacks ran against) and the VRA Leino et al.
 # report for the same settings.
 
-# %% papermill={"duration": 0.128053, "end_time": "2026-11-27T09:10:20.369121+00:00", "exception": false, "start_time": "2026-11-27T09:10:20.241068+00:00", "status": "completed"} tags=["remove-input"]
+# %% tags=["remove-input"]
 vra_rows = []
 for setting in GLORO_EPS:
     released = float(table2eps[(table2eps.setting == setting) & (table2eps.trained == "ε") &
@@ -343,7 +344,7 @@ glue("vra_disagree", ", ".join(disagree) if disagree else "none", display=False)
 glue("n_vra_disagree", len(disagree), display=False)
 display(vra_table)
 
-# %% [markdown] papermill={"duration": 0.042928, "end_time": "2026-11-27T09:10:20.448149+00:00", "exception": false, "start_time": "2026-11-27T09:10:20.405221+00:00", "status": "completed"}
+# %% [markdown]
 # The released radii and Table 1 disagree on {glue:text}`n_vra_disagree:d` of the three settings
 # ({glue:text}`vra_disagree`): for MNIST at $\epsilon = 1.58$ the released radii give a VRA of
 # {glue:text}`vra_released_mnist_1.58:.1%`, Table 1 reports {glue:text}`vra_table1_mnist_1.58:.1%`;
@@ -355,7 +356,7 @@ display(vra_table)
 # attacked models, so the paper's ratio of the two ("¼ to ½") may mix two models. Below, both
 # bounds are measured on the same points of the same model.
 
-# %% [markdown] papermill={"duration": 0.028062, "end_time": "2026-11-27T09:10:20.508691+00:00", "exception": false, "start_time": "2026-11-27T09:10:20.480629+00:00", "status": "completed"}
+# %% [markdown]
 # ## Figure 3: randomized smoothing
 #
 # The same curves for smoothed classifiers, one per noise level $\sigma$: Cohen et al.'s CIFAR-10
@@ -364,7 +365,7 @@ display(vra_table)
 # $\sigma\,\Phi^{-1}(\underline{p_A})$ with $\underline{p_A} < 1$ for a finite $n$, so each curve
 # jumps to 1 where $2\epsilon$ passes the largest radius.
 
-# %% mystnb={"figure": {"caption": "Figure 3 of the paper, recomputed, with our MNIST panel added. Top: upper bound on the false-positive rate (shaded: 95 % Clopper\u2013Pearson interval, where at least 50 points are certified); bottom: VRA (certified accuracy) at \u03b5. One colour per noise level \u03c3. Crosses: the paper's upper bounds for CIFAR-10 at \u03b5 = 0.25; dotted line: the radius at which the paper (CIFAR-10) and this book (MNIST, Table 2) evaluate.", "name": "fig-upper-bounds-smoothing"}} papermill={"duration": 3.521053, "end_time": "2026-11-27T09:10:24.045857+00:00", "exception": false, "start_time": "2026-11-27T09:10:20.524804+00:00", "status": "completed"}
+# %% mystnb={"figure": {"caption": "Figure 3 of the paper, recomputed, with our MNIST panel added. Top: upper bound on the false-positive rate (shaded: 95 % Clopper\u2013Pearson interval, where at least 50 points are certified); bottom: VRA (certified accuracy) at \u03b5. One colour per noise level \u03c3. Crosses: the paper's upper bounds for CIFAR-10 at \u03b5 = 0.25; dotted line: the radius at which the paper (CIFAR-10) and this book (MNIST, Table 2) evaluate.", "name": "fig-upper-bounds-smoothing"}}
 SIGMA_COLOR = {0.12: "tab:purple", 0.25: "tab:blue", 0.5: "tab:orange", 1.0: "tab:green"}
 SMOOTH_EPS = {"cifar10": 0.25, "mnist": 0.5}   # where the paper / our Table 2 evaluate; ImageNet: none in the paper's text
 panels = [d for d in ("cifar10", "imagenet", "mnist") if any(c["family"] == "smoothing" and c["dataset"] == d
@@ -401,7 +402,7 @@ for col, dataset in enumerate(panels):
 fig.tight_layout()
 plt.show()
 
-# %% papermill={"duration": 0.148236, "end_time": "2026-11-27T09:10:24.230118+00:00", "exception": false, "start_time": "2026-11-27T09:10:24.081882+00:00", "status": "completed"}
+# %%
 smooth_rows = []
 for key, c in curves.items():
     if c["family"] != "smoothing":
@@ -426,7 +427,7 @@ for key, c in curves.items():
         glue(f"rs_mnist_vra_{c['sigma']}", v["vra"], display=False)
 smooth_table = pd.DataFrame(smooth_rows).set_index(["dataset", "σ"])
 
-# %% papermill={"duration": 0.100613, "end_time": "2026-11-27T09:10:24.380878+00:00", "exception": false, "start_time": "2026-11-27T09:10:24.280265+00:00", "status": "completed"} tags=["remove-input"]
+# %% tags=["remove-input"]
 display(smooth_table)
 from scipy.stats import norm   # noqa: E402  (only for the CERTIFY cap below)
 
@@ -443,7 +444,7 @@ glue("n_logs", len(ratios), display=False)
 # the n at which unanimous votes give the largest logged radius: α^(1/n) = Φ(ratio)
 glue("n_needed", float(np.log(0.001) / norm.logcdf(max(ratios.values()))), display=False)
 
-# %% [markdown] papermill={"duration": 0.029312, "end_time": "2026-11-27T09:10:24.433364+00:00", "exception": false, "start_time": "2026-11-27T09:10:24.404052+00:00", "status": "completed"}
+# %% [markdown]
 # The published CIFAR-10 logs give the paper's upper bounds at $\epsilon = 0.25$:
 # {glue:text}`rs_c10_ub_0.25:.3f`, {glue:text}`rs_c10_ub_0.5:.3f` and {glue:text}`rs_c10_ub_1.0:.3f`
 # for $\sigma = 0.25, 0.5, 1.0$ (asserted above), and the VRA of the $\sigma = 0.25$ log at
@@ -458,7 +459,7 @@ glue("n_needed", float(np.log(0.001) / norm.logcdf(max(ratios.values()))), displ
 # unanimous votes at that $\alpha$. It moves only the far end of the curves, where they jump to 1,
 # not the values at $\epsilon = 0.25$ (there $2\epsilon$ is well below every cap).
 
-# %% papermill={"duration": 0.07717, "end_time": "2026-11-27T09:10:24.542332+00:00", "exception": false, "start_time": "2026-11-27T09:10:24.465162+00:00", "status": "completed"} tags=["remove-input"]
+# %% tags=["remove-input"]
 mnist_smooth = [c for c in curves.values() if c["family"] == "smoothing" and c["dataset"] == "mnist"]
 if mnist_smooth:
     parts = [f"{at(c, 0.5)['upper_bound']:.3f} (VRA {at(c, 0.5)['vra']:.1%}) for σ = {c['sigma']}" for c in mnist_smooth]
@@ -468,17 +469,17 @@ else:
     text = "The results store holds no radii of our smoothed MNIST models yet; the MNIST panel is left out."
 glue("mnist_smoothing_sentence", text, display=False)
 
-# %% [markdown] papermill={"duration": 0.037551, "end_time": "2026-11-27T09:10:24.621613+00:00", "exception": false, "start_time": "2026-11-27T09:10:24.584062+00:00", "status": "completed"}
+# %% [markdown]
 # {glue:text}`mnist_smoothing_sentence`
 
-# %% [markdown] papermill={"duration": 0.025418, "end_time": "2026-11-27T09:10:24.674718+00:00", "exception": false, "start_time": "2026-11-27T09:10:24.649300+00:00", "status": "completed"}
+# %% [markdown]
 # ## Table 5: the $\ell_\infty$ defense
 #
 # Appendix C of the paper bounds the degradation of the Wong–Kolter defense on MNIST at
 # $\epsilon = 0.1$ ($\ell_\infty$) from above by 100 %: on that model almost no point is certified
 # at $2\epsilon = 0.2$. Our $\ell_\infty$ model (see {ref}`06-linf-certifier`) gives:
 
-# %% papermill={"duration": 0.119163, "end_time": "2026-11-27T09:10:24.818381+00:00", "exception": false, "start_time": "2026-11-27T09:10:24.699218+00:00", "status": "completed"}
+# %%
 linf = curves.get("ours mnist_linf_0.1")
 if linf is not None:
     v = at(linf, APPENDIX_C_KW["eps"])
@@ -509,12 +510,12 @@ glue("t5_vra2", t5["vra_2eps"], display=False)
 glue("t5_paper_ub", APPENDIX_C_KW["upper_bound"], display=False)
 display(table5)
 
-# %% [markdown] papermill={"duration": 0.027989, "end_time": "2026-11-27T09:10:24.881644+00:00", "exception": false, "start_time": "2026-11-27T09:10:24.853655+00:00", "status": "completed"}
+# %% [markdown]
 # Our bound at $\epsilon = 0.1$ is {glue:text}`t5_ub:.3f` (the paper: {glue:text}`t5_paper_ub:.3f`):
 # only {glue:text}`t5_vra2:.1%` of the test points are certified at $2\epsilon$, so almost every
 # certified point can in principle be degraded, as the paper finds for its KW model.
 
-# %% [markdown] papermill={"duration": 0.033282, "end_time": "2026-11-27T09:10:24.965502+00:00", "exception": false, "start_time": "2026-11-27T09:10:24.932220+00:00", "status": "completed"}
+# %% [markdown]
 # ## How much of the upper bound the attacks recover
 #
 # The lower-bound runs of {ref}`07-lower-bounds` are stored per point, with each point's
@@ -523,7 +524,7 @@ display(table5)
 # attack degrades it) is set against the upper bound on the same points. The paper reports that its
 # attacks recover between $\tfrac14$ and $\tfrac12$ of the bound.
 
-# %% papermill={"duration": 0.280835, "end_time": "2026-11-27T09:10:25.275283+00:00", "exception": false, "start_time": "2026-11-27T09:10:24.994448+00:00", "status": "completed"}
+# %%
 LOWER = ("table1", "table3", "rejection", "table2", "table4")
 share_rows = []
 for name in sorted(stored):
@@ -556,12 +557,12 @@ else:
          f"the paper reports {ATTACK_SHARE_OF_UPPER_BOUND[0]:.2f} to {ATTACK_SHARE_OF_UPPER_BOUND[1]:.2f}.",
          display=False)
 
-# %% papermill={"duration": 0.084839, "end_time": "2026-11-27T09:10:25.390690+00:00", "exception": false, "start_time": "2026-11-27T09:10:25.305851+00:00", "status": "completed"} tags=["remove-input"]
+# %% tags=["remove-input"]
 if len(shares):
     display(shares.assign(**{"share of the bound": shares["share of the bound"].map("{:.2f}".format)})
             .set_index(["run", "attack"]))
 
-# %% [markdown] papermill={"duration": 0.037285, "end_time": "2026-11-27T09:10:25.466017+00:00", "exception": false, "start_time": "2026-11-27T09:10:25.428732+00:00", "status": "completed"}
+# %% [markdown]
 # {glue:text}`share_sentence` For the GloRo nets, whose check is monotone (Appendix A), the cell
 # above asserts point by point that no attack degrades a point certified at $2\epsilon$: the upper
 # bound is a bound. For the smoothed models the certificate holds with probability $1 - \alpha$ per

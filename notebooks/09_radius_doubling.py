@@ -1,6 +1,7 @@
 # ---
 # jupyter:
 #   jupytext:
+#     cell_metadata_filter: -papermill
 #     formats: ipynb,py:percent
 #     notebook_metadata_filter: -jupytext.text_representation.jupytext_version
 #     text_representation:
@@ -13,7 +14,7 @@
 #     name: python3
 # ---
 
-# %% [markdown] papermill={"duration": 0.005765, "end_time": "2026-11-27T09:10:44.104475+00:00", "exception": false, "start_time": "2026-11-27T09:10:44.098710+00:00", "status": "completed"}
+# %% [markdown]
 # (09-radius-doubling)=
 # # Radius doubling: training and validating at 2ε (Section 4.1)
 #
@@ -29,12 +30,12 @@
 # models and the authors' published radii, then does the same for the noise level $\sigma$ of
 # randomized smoothing {cite}`cohen2019certified`.
 
-# %% papermill={"duration": 0.086956, "end_time": "2026-11-27T09:10:44.199470+00:00", "exception": false, "start_time": "2026-11-27T09:10:44.112514+00:00", "status": "completed"} tags=["parameters"]
+# %% tags=["parameters"]
 alpha: float = 0.05  # the intervals are (1 − alpha) Clopper–Pearson
 seed: int = 0  # seed of the stored attack runs this page reads (the results store keys runs by seed)
 device: str = "auto"  # unused: every number is read from stored or published per-point results
 
-# %% papermill={"duration": 11.161902, "end_time": "2026-11-27T09:10:55.363888+00:00", "exception": false, "start_time": "2026-11-27T09:10:44.201986+00:00", "status": "completed"}
+# %%
 import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
@@ -45,7 +46,7 @@ import degradation_lib as dl
 from degradation_lib import bounds_from_results, published, upper_bound_curve
 from degradation_lib.paper import TABLE1_GLORO, UPPER_BOUNDS_GLORO, UPPER_BOUNDS_SMOOTHING_CIFAR10
 
-# %% [markdown] papermill={"duration": 0.007653, "end_time": "2026-11-27T09:10:55.374297+00:00", "exception": false, "start_time": "2026-11-27T09:10:55.366644+00:00", "status": "completed"}
+# %% [markdown]
 # ## The pairs
 #
 # Each setting of the paper has a model trained at $\epsilon$ and one trained at $2\epsilon$, both
@@ -58,7 +59,7 @@ from degradation_lib.paper import TABLE1_GLORO, UPPER_BOUNDS_GLORO, UPPER_BOUNDS
 # * **the authors' models**: their two MNIST $\epsilon = 0.3$ GloRo nets, converted to this library;
 # * **the authors' radii**: the per-point radii they published (no attack runs exist for those).
 
-# %% papermill={"duration": 5.800463, "end_time": "2026-11-27T09:11:01.184753+00:00", "exception": false, "start_time": "2026-11-27T09:10:55.384290+00:00", "status": "completed"}
+# %%
 SETTINGS = {"mnist_0.3": 0.3, "mnist_1.58": 1.58, "cifar10_0.141": 36 / 255}
 PAIRS = [  # (setting, source, model trained at ε, model trained at 2ε)
     ("mnist_0.3", "our models", "mnist_0.3", "mnist_0.3_2eps"),
@@ -125,7 +126,7 @@ for setting, source, m_eps, m_2eps in PAIRS:
         (rows.append(r) if r is not None else missing.append(model))
 glue("missing_models", ", ".join(missing) if missing else "none", display=False)
 
-# %% papermill={"duration": 0.108519, "end_time": "2026-11-27T09:11:01.504626+00:00", "exception": false, "start_time": "2026-11-27T09:11:01.396107+00:00", "status": "completed"} tags=["remove-input"]
+# %% tags=["remove-input"]
 def fmt(rate, digits=1):
     return "—" if rate is None else f"{rate.value:.{digits}%} [{rate.lo:.{digits}%}, {rate.hi:.{digits}%}]"
 
@@ -137,12 +138,12 @@ table = pd.DataFrame([{"setting": r["setting"], "source": r["source"], "trained 
                        "attacked points": r["attack_points"] or "—"} for r in rows])
 display(table.set_index(["setting", "source", "trained at"]))
 
-# %% [markdown] papermill={"duration": 0.012679, "end_time": "2026-11-27T09:11:01.980532+00:00", "exception": false, "start_time": "2026-11-27T09:11:01.967853+00:00", "status": "completed"}
+# %% [markdown]
 # Models the store holds no runs for yet: {glue:text}`missing_models`. The intervals are exact
 # 95 % Clopper–Pearson intervals: for the VRAs over the test points, for the false-positive rates
 # over test_R (the correct points certified at $\epsilon$).
 
-# %% papermill={"duration": 0.070446, "end_time": "2026-11-27T09:11:02.064961+00:00", "exception": false, "start_time": "2026-11-27T09:11:01.994515+00:00", "status": "completed"} tags=["remove-input"]
+# %% tags=["remove-input"]
 sentences = []
 by = {(r["setting"], r["source"], r["trained"]): r for r in rows}
 for setting, source, m_eps, m_2eps in PAIRS:
@@ -159,7 +160,7 @@ for setting, source, m_eps, m_2eps in PAIRS:
 glue("pair_sentences", "\n".join(sentences), display=False)
 display(Markdown("\n".join(sentences)))
 
-# %% papermill={"duration": 0.052075, "end_time": "2026-11-27T09:11:02.124532+00:00", "exception": false, "start_time": "2026-11-27T09:11:02.072457+00:00", "status": "completed"} tags=["hide-input"]
+# %% tags=["hide-input"]
 EQUAL_BUDGET = {("mnist_0.3", "our models"): True, ("mnist_1.58", "our models"): False}   # see the budgets below
 better, worse = [], []
 for setting, source, m_eps, m_2eps in PAIRS:
@@ -173,7 +174,7 @@ for setting, source, m_eps, m_2eps in PAIRS:
 glue("pairs_better", ", ".join(better) if better else "none", display=False)
 glue("pairs_worse", ", ".join(worse) if worse else "none", display=False)
 
-# %% [markdown] papermill={"duration": 0.016088, "end_time": "2026-11-27T09:11:02.152548+00:00", "exception": false, "start_time": "2026-11-27T09:11:02.136460+00:00", "status": "completed"}
+# %% [markdown]
 # The model trained at $2\epsilon$ has both the lower upper bound and the higher VRA at $2\epsilon$
 # for: {glue:text}`pairs_better`; not for: {glue:text}`pairs_worse`. Where the twins were trained
 # with equal budgets (the authors' pairs and our MNIST $\epsilon = 0.3$ pair) the cell above asserts
@@ -181,14 +182,14 @@ glue("pairs_worse", ", ".join(worse) if worse else "none", display=False)
 # attack can exploit. Whether the defense costs VRA at $\epsilon$ depends on the pair (the sentences
 # above); the paper reports no significant loss of VRA for its models.
 
-# %% [markdown] papermill={"duration": 0.014606, "end_time": "2026-11-27T09:11:02.180606+00:00", "exception": false, "start_time": "2026-11-27T09:11:02.166000+00:00", "status": "completed"}
+# %% [markdown]
 # ### Equal training budgets
 #
 # A fair comparison trains both models of a pair with the same recipe and budget. The recipes and
 # wall-clock times below are read from the models' json files (the authors' models: 500 epochs
 # each, as their README states).
 
-# %% papermill={"duration": 0.115189, "end_time": "2026-11-27T09:11:02.315801+00:00", "exception": false, "start_time": "2026-11-27T09:11:02.200612+00:00", "status": "completed"} tags=["remove-input"]
+# %% tags=["remove-input"]
 def budget(model: str) -> dict:
     t = dl.model_metadata(model).get("training", {})
     epochs = t.get("total_epochs", t.get("epochs_completed", t.get("epochs")))
@@ -210,7 +211,7 @@ glue("hours_158_2", b158["epochs"] * min_per_epoch / 60, display=False)
 glue("e03", budget("mnist_0.3")["epochs"], display=False)
 glue("e03_2", budget("mnist_0.3_2eps")["epochs"], display=False)
 
-# %% [markdown] papermill={"duration": 0.012123, "end_time": "2026-11-27T09:11:02.344436+00:00", "exception": false, "start_time": "2026-11-27T09:11:02.332313+00:00", "status": "completed"}
+# %% [markdown]
 # The MNIST $\epsilon = 0.3$ pair has equal budgets ({glue:text}`e03:d` and {glue:text}`e03_2:d`
 # epochs, the same schedules). The $\epsilon = 1.58$ pair does not: `mnist_1.58` had
 # {glue:text}`e158:d` epochs with the reference schedules, `mnist_1.58_2eps` {glue:text}`e158_2:d`
@@ -219,7 +220,7 @@ glue("e03_2", budget("mnist_0.3_2eps")["epochs"], display=False)
 # so the $\epsilon = 1.58$ comparison of our models favours the model trained at $\epsilon$. The
 # authors' radii for the same setting (trained for 500 epochs each) make the fair comparison.
 
-# %% [markdown] papermill={"duration": 0.010072, "end_time": "2026-11-27T09:11:02.366633+00:00", "exception": false, "start_time": "2026-11-27T09:11:02.356561+00:00", "status": "completed"}
+# %% [markdown]
 # ## Randomized smoothing: the noise level $\sigma$
 #
 # For a smoothed classifier the knob is the noise level $\sigma$: a larger $\sigma$ certifies
@@ -228,7 +229,7 @@ glue("e03_2", budget("mnist_0.3_2eps")["epochs"], display=False)
 # CIFAR-10 models at $\epsilon = 0.25$ (Figure 3); our MNIST models at $\epsilon = 0.5$ (the radius
 # of the book's Table 2 runs) add lower bounds from SPGD (Algorithm 3.2).
 
-# %% papermill={"duration": 0.124195, "end_time": "2026-11-27T09:11:02.496668+00:00", "exception": false, "start_time": "2026-11-27T09:11:02.372473+00:00", "status": "completed"}
+# %%
 SIGMAS = (0.25, 0.5, 1.0)
 smooth_rows = []
 for sigma in SIGMAS:
@@ -261,7 +262,7 @@ for sigma in SIGMAS:
             row.update(spgd=dl.Rate(f["k"], f["n"], alpha), spgd_source=f"model json ({j['num_images']} points, notebook 03)")
     smooth_rows.append(row)
 
-# %% papermill={"duration": 0.10014, "end_time": "2026-11-27T09:11:02.604665+00:00", "exception": false, "start_time": "2026-11-27T09:11:02.504525+00:00", "status": "completed"} tags=["remove-input"]
+# %% tags=["remove-input"]
 display(pd.DataFrame([{"": r["dataset"], "σ": r["σ"], "ε": r["ε"], "points": r["points"], "VRA at ε": fmt(r["vra"]),
                        "VRA at 2ε": fmt(r["vra_2eps"]), "FPR, SPGD": fmt(r["spgd"]),
                        "FPR upper bound": fmt(r["upper_bound"]), "SPGD run": r["spgd_source"]}
@@ -272,7 +273,7 @@ glue("c10_ub_hi_sigma", c10[0]["upper_bound"].value, display=False)
 glue("c10_vra_lo_sigma", c10[0]["vra"].value, display=False)
 glue("c10_vra_hi_sigma", c10[-1]["vra"].value, display=False)
 
-# %% [markdown] papermill={"duration": 0.01285, "end_time": "2026-11-27T09:11:02.637180+00:00", "exception": false, "start_time": "2026-11-27T09:11:02.624330+00:00", "status": "completed"}
+# %% [markdown]
 # On CIFAR-10, going from $\sigma = 0.25$ to $\sigma = 1.0$ lowers the upper bound at
 # $\epsilon = 0.25$ from {glue:text}`c10_ub_hi_sigma:.3f` to {glue:text}`c10_ub_lo_sigma:.3f`, and
 # the VRA from {glue:text}`c10_vra_lo_sigma:.1%` to {glue:text}`c10_vra_hi_sigma:.1%`: the same
@@ -286,7 +287,7 @@ glue("c10_vra_hi_sigma", c10[-1]["vra"].value, display=False)
 # $2\epsilon$; for smoothing they go from $\sigma = 0.25$ up to $\sigma = 1.0$. Up and to the left
 # is better.
 
-# %% mystnb={"figure": {"caption": "VRA at the adversary's \u03b5 against the false-positive rate of degradation attacks, for every model of this page: filled markers, the upper bound (Section 3.3.2); open markers, the best attack found (lower bound). Arrows: from the model trained at \u03b5 to the one trained at 2\u03b5 (GloRo), from \u03c3 = 0.25 to \u03c3 = 1.0 (smoothing). Error bars: 95 % Clopper\u2013Pearson intervals.", "name": "fig-radius-doubling-tradeoff"}} papermill={"duration": 1.079835, "end_time": "2026-11-27T09:11:03.736457+00:00", "exception": false, "start_time": "2026-11-27T09:11:02.656622+00:00", "status": "completed"}
+# %% mystnb={"figure": {"caption": "VRA at the adversary's \u03b5 against the false-positive rate of degradation attacks, for every model of this page: filled markers, the upper bound (Section 3.3.2); open markers, the best attack found (lower bound). Arrows: from the model trained at \u03b5 to the one trained at 2\u03b5 (GloRo), from \u03c3 = 0.25 to \u03c3 = 1.0 (smoothing). Error bars: 95 % Clopper\u2013Pearson intervals.", "name": "fig-radius-doubling-tradeoff"}}
 STYLE = {("mnist_0.3", "our models"): ("tab:blue", "o"), ("mnist_0.3", "authors' models"): ("tab:cyan", "D"),
          ("mnist_0.3", "authors' radii"): ("navy", "s"), ("mnist_1.58", "our models"): ("tab:red", "o"),
          ("mnist_1.58", "authors' radii"): ("darkred", "s"), ("cifar10_0.141", "authors' radii"): ("tab:green", "s")}
