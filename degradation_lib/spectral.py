@@ -97,6 +97,27 @@ def _up(x: float, factor_ulps: int = 4) -> float:
 # ---------------------------------------------------------------------------------------------
 
 
+def _conv_geometry(weight, input_shape, stride, padding):
+    """Validated geometry of a zero-padded 2-D convolution: ``(w, (C_out, C_in, k_h, k_w), (H, W),
+    (s, p), (H_out, W_out))`` with ``w`` the float64 weights. ``ValueError`` for a weight that is
+    not 4-D, an ``input_shape`` other than ``(C_in, H, W)``, stride < 1, padding < 0, or a kernel
+    larger than the padded input."""
+    w = _as_float64(weight)
+    if w.ndim != 4:
+        raise ValueError(f"weight must be [C_out, C_in, k_h, k_w], got shape {w.shape}")
+    c_out, c_in, kh, kw = w.shape
+    if len(input_shape) != 3 or int(input_shape[0]) != c_in:
+        raise ValueError(f"input_shape must be (C_in={c_in}, H, W), got {input_shape}")
+    if int(stride) < 1 or int(padding) < 0:
+        raise ValueError(f"stride must be >= 1 and padding >= 0, got stride={stride}, padding={padding}")
+    _, h, wd = (int(v) for v in input_shape)
+    s, p = int(stride), int(padding)
+    ho, wo = (h + 2 * p - kh) // s + 1, (wd + 2 * p - kw) // s + 1
+    if ho < 1 or wo < 1:
+        raise ValueError(f"the kernel {kh}x{kw} is larger than the padded input {h + 2 * p}x{wd + 2 * p}")
+    return w, (c_out, c_in, kh, kw), (h, wd), (s, p), (ho, wo)
+
+
 def conv2d_matrix(weight, input_shape: tuple[int, int, int], stride: int, padding: int) -> scipy.sparse.csr_matrix:
     """The exact float64 matrix of u ↦ ``conv2d(u, weight, stride=stride, padding=padding)``.
 
@@ -110,17 +131,7 @@ def conv2d_matrix(weight, input_shape: tuple[int, int, int], stride: int, paddin
         (i_y, i_x, c_in) (position-major, so that Gram matrices are banded). Its entries are the
         weights themselves (no arithmetic), so it is the operator exactly.
     """
-    w = _as_float64(weight)
-    if w.ndim != 4:
-        raise ValueError(f"weight must be [C_out, C_in, k_h, k_w], got shape {w.shape}")
-    c_out, c_in, kh, kw = w.shape
-    if len(input_shape) != 3 or int(input_shape[0]) != c_in:
-        raise ValueError(f"input_shape must be (C_in={c_in}, H, W), got {input_shape}")
-    if int(stride) < 1 or int(padding) < 0:
-        raise ValueError(f"stride must be >= 1 and padding >= 0, got stride={stride}, padding={padding}")
-    _, h, wd = (int(s) for s in input_shape)
-    s, p = int(stride), int(padding)
-    ho, wo = (h + 2 * p - kh) // s + 1, (wd + 2 * p - kw) // s + 1
+    w, (c_out, c_in, kh, kw), (h, wd), (s, p), (ho, wo) = _conv_geometry(weight, input_shape, stride, padding)
     oy = np.arange(ho)[:, None, None, None, None, None]
     ox = np.arange(wo)[None, :, None, None, None, None]
     co = np.arange(c_out)[None, None, :, None, None, None]
@@ -365,19 +376,7 @@ def conv2d_polyphase(weight, input_shape: tuple[int, int, int], stride: int, pad
         ``(w', (N_y, N_x))`` with ``w'`` ``[C_out, C_in·s², ⌈k_h/s⌉, ⌈k_w/s⌉]`` float64 (a copy
         of the weights and zeros: exact) and the torus size N.
     """
-    w = _as_float64(weight)
-    if w.ndim != 4:
-        raise ValueError(f"weight must be [C_out, C_in, k_h, k_w], got shape {w.shape}")
-    c_out, c_in, kh, kw = w.shape
-    if len(input_shape) != 3 or int(input_shape[0]) != c_in:
-        raise ValueError(f"input_shape must be (C_in={c_in}, H, W), got {input_shape}")
-    if int(stride) < 1 or int(padding) < 0:
-        raise ValueError(f"stride must be >= 1 and padding >= 0, got stride={stride}, padding={padding}")
-    _, h, wd = (int(v) for v in input_shape)
-    s, p = int(stride), int(padding)
-    ho, wo = (h + 2 * p - kh) // s + 1, (wd + 2 * p - kw) // s + 1
-    if ho < 1 or wo < 1:
-        raise ValueError(f"the kernel {kh}x{kw} is larger than the padded input {h + 2 * p}x{wd + 2 * p}")
+    w, (c_out, c_in, kh, kw), (h, wd), (s, p), (ho, wo) = _conv_geometry(weight, input_shape, stride, padding)
     my, mx = -(-kh // s), -(-kw // s)
     wp = np.zeros((c_out, c_in, s, s, my, mx))
     for ry in range(s):
