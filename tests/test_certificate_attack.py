@@ -186,12 +186,17 @@ def test_attack_is_exact_on_an_exact_linear_certifier(norm):
     assert torch.equal(xp[~certified], x[~certified])
 
 
+def _points_and_eps(cert, n: int, seed: int):
+    """``n`` uniform 1×8×8 inputs (seeded), their certified labels and radii, and ε = median radius / 1.5
+    (so that some points are certified at ε and some of those are not at 2ε)."""
+    x = torch.rand(n, 1, 8, 8, generator=torch.Generator().manual_seed(seed))
+    labels, r = cert.certified_radius(x)
+    return x, labels, r, float(r.median()) / 1.5
+
+
 def test_attack_on_gloro_never_flips_and_never_beats_the_2eps_check():
     cert = gloro_small(1)
-    g = torch.Generator().manual_seed(6)
-    x = torch.rand(80, 1, 8, 8, generator=g)
-    labels, r = cert.certified_radius(x)
-    eps = float(r.median()) / 1.5
+    x, labels, r, eps = _points_and_eps(cert, 80, seed=6)
     xp, info = certificate_attack(cert, x, eps, generator=torch.Generator().manual_seed(0), steps=60,
                                   skip_certified_2eps=False, return_info=True)
     certified = r > eps
@@ -211,10 +216,7 @@ def test_attack_on_gloro_never_flips_and_never_beats_the_2eps_check():
 
 def test_attack_on_the_linf_certifier_uses_its_bound():
     cert = linf_small(2)
-    g = torch.Generator().manual_seed(7)
-    x = torch.rand(40, 1, 8, 8, generator=g)
-    labels, r = cert.certified_radius(x)
-    eps = float(r.median()) / 1.5
+    x, labels, r, eps = _points_and_eps(cert, 40, seed=7)
     ok = cert.certify(x, eps) == labels
     xp, info = certificate_attack(cert, x, eps, steps=30, restarts=1, targets=1,
                                   generator=torch.Generator().manual_seed(0), return_info=True)
@@ -267,10 +269,7 @@ def test_ball_box_min_is_a_lower_bound_with_a_small_duality_gap():
 @pytest.mark.parametrize("intermediate", ["crown", "interval"])
 def test_gloro_bounds_are_sound_against_pgd_and_the_attack(intermediate):
     cert = gloro_small(2)
-    g = torch.Generator().manual_seed(9)
-    x = torch.rand(24, 1, 8, 8, generator=g)
-    labels, r = cert.certified_radius(x)
-    eps = float(r.median()) / 1.5
+    x, labels, r, eps = _points_and_eps(cert, 24, seed=9)
     B = GloroBounds(cert, intermediate=intermediate)
     lb = B.margin_lower_bounds(x, eps, labels)
     net = cert.model.double()
