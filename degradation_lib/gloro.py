@@ -540,6 +540,23 @@ def certification_forward_dtype(model_dtype: torch.dtype, device, forward_dtype:
     return model_dtype if _device_type(device) == "cpu" else torch.float64
 
 
+def _gamma_on(k: int, dtype: torch.dtype, device) -> float:
+    """γ_k = k·u/(1 − k·u) for the unit roundoff u of ``dtype`` on ``device`` (:func:`rounding_unit`)."""
+    ku = k * rounding_unit(dtype, device)
+    return ku / (1 - ku)
+
+
+def _norm_up(t: torch.Tensor, device) -> torch.Tensor:
+    """‖t‖₂ per row (float64), rounded up: a float norm of n terms has relative error ≤ γ_{n+2}."""
+    return torch.linalg.vector_norm(t.flatten(1), dim=1).double() * (1 + _gamma_on(t[0].numel() + 2, t.dtype, device))
+
+
+def _error_step(e: torch.Tensor, c: dict, h: torch.Tensor, device) -> torch.Tensor:
+    """One layer of the forward-error recursion of :class:`GloroCertifier`: the bound ``e`` [N] on
+    the error of the layer's input grows to σ·e + γ_k·(α·‖h‖ + β) (constants ``c`` of the layer)."""
+    return c["sigma"] * e + _gamma_on(c["k"], h.dtype, device) * (c["alpha"] * _norm_up(h, device) + c["beta"])
+
+
 def rounding_unit(dtype: torch.dtype, device) -> float:
     """The unit roundoff the forward-error bound uses for ``dtype`` on ``device``: u = eps/2, times
     :data:`DEVICE_ROUNDING_SLACK` for float64 off the CPU."""
@@ -821,13 +838,6 @@ class GloroCertifier(Certifier):
         h = x.to(device=p.device, dtype=cdt)
         e = torch.zeros(h.shape[0], dtype=torch.float64, device=p.device)
 
-        def gam(k, dtype):  # γ_k for the unit roundoff of ``dtype`` on this device
-            ku = k * rounding_unit(dtype, p.device)
-            return ku / (1 - ku)
-
-        def norm_up(t):  # ‖t‖₂ per row, rounded up (a float norm of n terms: relative error ≤ γ_{n+2})
-            return torch.linalg.vector_norm(t.flatten(1), dim=1).double() * (1 + gam(t[0].numel() + 2, t.dtype))
-
         with _ieee_fp32(p.device):
             for layer, c in zip(model.body, consts["layers"]):
                 if isinstance(layer, nn.Linear):  # dense layers in float64: cheap, and their rounding vanishes
@@ -836,11 +846,11 @@ class GloroCertifier(Certifier):
                 else:
                     z = F.conv2d(h, layer.weight.to(cdt), None if layer.bias is None else layer.bias.to(cdt),
                                  layer.stride, layer.padding)
-                e = c["sigma"] * e + gam(c["k"], h.dtype) * (c["alpha"] * norm_up(h) + c["beta"])
+                e = _error_step(e, c, h, p.device)
                 h = model.activation(z)
             h = h.flatten(1).double()
             y = F.linear(h, model.head.weight.double(), model.head.bias.double())
-        return y, e * (1 + spectral.gamma(4 * len(consts["layers"]) + 8)), norm_up(h)
+        return y, e * (1 + spectral.gamma(4 * len(consts["layers"]) + 8)), _norm_up(h, p.device)
 
     def _score_forward(self, x: torch.Tensor):
         """``(y, (y64, e, h_norm))``: the differentiable logits ``self.model(x)`` and
@@ -860,13 +870,6 @@ class GloroCertifier(Certifier):
         self.lipschitz_constants()
         consts = self._rounding
 
-        def gam(k, dtype):  # as in _forward_with_error
-            ku = k * rounding_unit(dtype, p.device)
-            return ku / (1 - ku)
-
-        def norm_up(t):
-            return torch.linalg.vector_norm(t.flatten(1), dim=1).double() * (1 + gam(t[0].numel() + 2, t.dtype))
-
         h = self._to_model(x)
         h64 = None                                        # the float64 dense path (no gradient)
         e = torch.zeros(h.shape[0], dtype=torch.float64, device=p.device)
@@ -879,17 +882,17 @@ class GloroCertifier(Certifier):
                         h64 = h.detach().double()
                     with torch.no_grad():
                         z64 = F.linear(h64, layer.weight.double(), None if layer.bias is None else layer.bias.double())
-                        e = c["sigma"] * e + gam(c["k"], h64.dtype) * (c["alpha"] * norm_up(h64) + c["beta"])
+                        e = _error_step(e, c, h64, p.device)
                         h64 = model.activation(z64)
                 else:
                     with torch.no_grad():
-                        e = c["sigma"] * e + gam(c["k"], h.dtype) * (c["alpha"] * norm_up(h.detach()) + c["beta"])
+                        e = _error_step(e, c, h.detach(), p.device)
                 h = model.activation(layer(h))
             y = model.head(h.flatten(1))
             with torch.no_grad():
                 h64 = (h.detach() if h64 is None else h64).flatten(1).double()
                 y64 = F.linear(h64, model.head.weight.double(), model.head.bias.double())
-                hn = norm_up(h64)
+                hn = _norm_up(h64, p.device)
         return y, (y64, e * (1 + spectral.gamma(4 * len(consts["layers"]) + 8)), hn)
 
     @torch.no_grad()
