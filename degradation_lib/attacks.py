@@ -229,8 +229,9 @@ def _unit_step(grad: torch.Tensor, norm: float) -> torch.Tensor:
         return grad.sign()
     flat = grad.flatten(1)
     length = torch.linalg.vector_norm(flat, dim=1, keepdim=True)
-    return torch.where(length > 0, flat / length.clamp_min(torch.finfo(flat.dtype).tiny),
-                       torch.zeros_like(flat)).view_as(grad)
+    # a row of length 0 (possibly by underflow) divides by +inf to 0: one full-size pass, no mask
+    denom = torch.where(length > 0, length.clamp_min(torch.finfo(flat.dtype).tiny), math.inf)
+    return (flat / denom).view_as(grad)
 
 
 def _check_steps(steps) -> int:

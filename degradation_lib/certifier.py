@@ -74,10 +74,13 @@ def check_input(x, ndim: int | None = None, shape: tuple | None = None, name: st
         raise ValueError(f"{name} must have {ndim} dimensions [N, ...], got shape {tuple(x.shape)}")
     if shape is not None and tuple(x.shape[1:]) != tuple(shape):
         raise ValueError(f"{name} must have per-example shape {tuple(shape)}, got {tuple(x.shape[1:])}")
-    if x.numel() and not torch.isfinite(x).all():
-        raise ValueError(f"{name} contains NaN or infinite values")
-    if unit_range and x.numel() and (x.min() < 0 or x.max() > 1):
-        raise ValueError(f"{name} must lie in [0, 1], got values in [{x.min().item():.4g}, {x.max().item():.4g}]")
+    if x.numel():
+        # one pass over x: min and max propagate NaN, and any ±inf entry is the min or the max
+        lo, hi = (float(v) for v in torch.aminmax(x.detach()))
+        if not (math.isfinite(lo) and math.isfinite(hi)):
+            raise ValueError(f"{name} contains NaN or infinite values")
+        if unit_range and (lo < 0 or hi > 1):
+            raise ValueError(f"{name} must lie in [0, 1], got values in [{lo:.4g}, {hi:.4g}]")
     return x
 
 

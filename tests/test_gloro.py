@@ -494,19 +494,44 @@ def test_pgd_never_flips_a_certified_point_within_its_radius(mnist_test):
 
 @pytest.mark.parametrize("name", ["mnist_0.3", "mnist_1.58"])
 def test_score_forward_shares_the_convolutions_bit_for_bit(name):
-    """The rejection score's one-pass forward (CPU) equals the model's forward plus the separate
-    rounding-bound pass of the sound check, bit for bit: logits, gradients and every error term."""
+    """The rejection score's one-pass forward (CPU) equals the model's forward bit for bit (logits
+    and gradients); its error terms, read from the float32 dense activations instead of the sound
+    check's float64 dense pass, equal the check's where the score uses them: every per-class score
+    built from them equals, bit for bit, the one built from :meth:`_forward_with_error`'s terms,
+    on test images and on images moved up to 2ε away."""
+    from degradation_lib import model_metadata, spectral
+    from degradation_lib.gloro import _top_mask
     cert = load_model(name)
-    x, _ = load_mnist("test")
-    x = x[:64].clone().requires_grad_(True)
+    eps = model_metadata(name)["eps"]
+    x_all, _ = load_mnist("test")
+    x = x_all[:64].clone().requires_grad_(True)
     y, (y64, e, hn) = cert._score_forward(x)
     g, = torch.autograd.grad(y.square().sum(), x)
     x2 = x.detach().clone().requires_grad_(True)
     y_ref = cert.model(x2)
     g_ref, = torch.autograd.grad(y_ref.square().sum(), x2)
     y64_ref, e_ref, hn_ref = cert._forward_with_error(x2.detach())
-    for a, b in ((y, y_ref), (g, g_ref), (y64, y64_ref), (e, e_ref), (hn, hn_ref)):
+    for a, b in ((y, y_ref), (g, g_ref)):
         assert a.dtype == b.dtype and torch.equal(a, b)
+    # the convolutions' terms are shared; the dense ones differ by float32 vs float64 activations
+    assert torch.allclose(e, e_ref, rtol=1e-12, atol=0) and torch.allclose(hn, hn_ref, rtol=1e-6, atol=0)
+    assert torch.allclose(y64, y64_ref, rtol=0, atol=1e-4)
+
+    def score_from_check(z, labels):   # the score with the sound check's own float64 error terms
+        yz = cert.model(z)
+        err = cert._margin_error(*cert._forward_with_error(z), labels).to(yz.dtype)
+        K = cert.K.to(yz.dtype) / (1 - 4 * spectral.U64)
+        own = yz.gather(1, labels[:, None])
+        return (yz + eps * K[labels] + err - own).masked_fill(_top_mask(labels, yz.shape[1]), -math.inf)
+
+    gen = torch.Generator().manual_seed(5)
+    z = x_all[:1000]
+    d = torch.randn(z.shape, generator=gen)
+    d = d / d.flatten(1).norm(dim=1).view(-1, 1, 1, 1) * 2 * eps * torch.rand(z.shape[0], 1, 1, 1, generator=gen)
+    for pts in (z, (z + d).clamp(0, 1)):
+        with torch.no_grad():
+            labels = cert.predict(pts)
+            assert torch.equal(cert.rejection_score(pts, eps, labels, per_class=True), score_from_check(pts, labels))
     # a float64 forward asks for the separate passes (the convolutions differ in dtype)
     cert64 = GloroCertifier(cert.model, forward_dtype=torch.float64)
     y, (y64, e, hn) = cert64._score_forward(x.detach())
