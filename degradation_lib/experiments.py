@@ -95,7 +95,7 @@ import torch
 from .attacks import authors_gloro_attack, degradation_attack, eps_pgd, pgd, rejection_pgd
 from .certifier import ABSTAIN, Certifier, check_eps, resolve_device
 from .registry import CHECKPOINT_DIR, load_model, model_metadata
-from .results import PointResults, ResultsFileError, make_manifest, merge
+from .results import PointResults, ResultsFileError, file_sha256, make_manifest, merge
 
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
 """The store: merged runs ``<experiment>-<model>[-<tag>].npz``."""
@@ -510,7 +510,11 @@ def run_shard(name: str, model: str, shard_i: int = 0, num_shards: int = 1, *, i
             old = PointResults.load(checkpoint)
         except ResultsFileError:
             old = None
-        if old is not None and old.meta == meta:
+        # reuse only the same run on the same weights (a checkpoint left by a killed run on a model
+        # that was retrained since would otherwise be merged silently into the new run)
+        weights = CHECKPOINT_DIR / f"{model}.pt"
+        if (old is not None and old.meta == meta and weights.is_file()
+                and old.manifest.get("weights_sha256") == file_sha256(weights)):
             prior_wall = float(old.manifest.get("wall_time_s") or 0.0)
             pos = {int(v): i for i, v in enumerate(old["index"])}
             for b, blk in enumerate(mine):

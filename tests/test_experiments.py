@@ -206,6 +206,13 @@ def test_checkpoint_resume_reuses_finished_blocks(tmp_path, monkeypatch, table1_
     calls.clear()
     E.run_shard("table1", "mnist_0.3", indices=IDX[:5], block_size=5, steps=11, checkpoint=ckpt)
     assert calls == [5]
+    # the same run's checkpoint computed on other weights (a model retrained since) is ignored too
+    E.run_shard("table1", "mnist_0.3", indices=IDX[:5], block_size=5, steps=10, checkpoint=ckpt)
+    part = PointResults.load(ckpt)
+    PointResults(part.columns, part.meta, {**part.manifest, "weights_sha256": "0" * 64}).save(ckpt)
+    calls.clear()
+    E.run_shard("table1", "mnist_0.3", indices=IDX[:5], block_size=5, steps=10, checkpoint=ckpt)
+    assert calls == [5]
 
 
 def test_rescale_to_radius_and_authors_attack():
