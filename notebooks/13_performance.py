@@ -172,8 +172,9 @@ glue("bench_table", table.style.set_uuid("bench").format({"ratio": "{:.3g}"}).hi
 # Most of it is the score itself: its forward and backward pass cost
 # {glue:text}`pgd_score_ratio:.2f` times the bare network's, because the score also bounds the
 # rounding error of that pass (so that the sign of the score is the sound check's answer); on the
-# CPU the bound reads the pass's own convolution outputs and repeats only the dense layers, in
-# float64. The attack's own work per step (projections, unit step, best-iterate bookkeeping) adds
+# CPU the bound reads the pass's own activations, so it costs a norm per layer and no second pass
+# (the sound check itself runs the dense layers again in float64; the score's bound equals the
+# check's bit for bit in float32, see `GloroCertifier._score_forward`). The attack's own work per step (projections, unit step, best-iterate bookkeeping) adds
 # a factor {glue:text}`pgd_step_over_score:.2f` on top: on this small 2C2F network a few
 # elementwise operations over the batch of 784-pixel images are not negligible against a forward
 # and backward pass. On the larger 4C3F net ({glue:text}`pgd_4c3f_model`) a step costs
