@@ -310,13 +310,13 @@ glue("unreached_03", float(1 - reached.sum() / ub.sum()), display=False)
 # ## Cost
 #
 # One step of the attack costs one forward and backward pass of the rejection score on the points
-# still standing, plus the projection. For GloRo the score also runs the sound certifier's
-# rounding-error forward pass (no gradient), so that its sign matches the check exactly.
-# `tests/benchmarks/bench_certattack.py` times a step without early exit (measured on the shared,
-# heavily loaded 2-core CPU, one thread, mnist_1.58, {glue:text}`bench_batch` points,
-# {glue:text}`bench_steps` steps, medians of 3): {glue:text}`bench_ratio_model:.2f`× one forward +
-# backward pass of the network on the batch, {glue:text}`bench_ratio:.2f`× one forward + backward
-# pass of the score. With early exit the default attack (2 restarts, 3 targets, 100 steps) spent
+# still standing, plus the projection. For GloRo the score also bounds the rounding error of its
+# own forward pass (from that pass's activations, no second pass), so that its sign matches the
+# sound check exactly. `tests/benchmarks/bench_certattack.py` times a step without early exit
+# (this 2-core CPU, one thread, wall clock, mnist_1.58, {glue:text}`bench_batch` points,
+# {glue:text}`bench_steps` steps, medians of {glue:text}`bench_repeats`):
+# {glue:text}`bench_ratio_model:.2f`× one forward + backward pass of the network on the batch
+# (gradient to the input), {glue:text}`bench_ratio:.2f`× one forward + backward pass of the score. With early exit the default attack (2 restarts, 3 targets, 100 steps) spent
 # {glue:text}`bench_evals` score evaluations on those points, against up to
 # {glue:text}`bench_max` without it.
 
@@ -329,19 +329,17 @@ glue("bench_ratio", bench["per_step_over_fb_score"], display=False)
 glue("bench_ratio_model", bench["per_step_over_fb_model"], display=False)
 glue("bench_batch", bench["batch"], display=False)
 glue("bench_steps", bench["steps"], display=False)
+glue("bench_repeats", bench["repeats"], display=False)
 glue("bench_evals", bench["evaluations_default"], display=False)
 glue("bench_max", bench["evaluations_max"], display=False)
 
 # %% [markdown]
 # ## Reproducing the stored runs
 #
-# ```
-# python -m degradation_lib.experiments run certattack --model mnist_0.3 --num-images 2000
-# python -m degradation_lib.experiments run certattack --model mnist_0.3_authors --num-images 2000
-# python -m degradation_lib.experiments run certattack --model mnist_1.58 --num-images 500
-# python -m degradation_lib.experiments run certattack --model mnist_linf_0.1 --num-images 250 --param eps=0.1 --param restarts=1 --param targets=1
-# python -m degradation_lib.experiments run certattack --model mnist_smooth_0.25 --num-images 40 --param eps=0.5 --param steps=50 --param restarts=1
-# ```
-#
-# (the same for σ = 0.5 and 1.0; `--num-images 10000` for the full test set, `--shard i/n` to
-# split a run over machines and `python -m degradation_lib.experiments merge` to combine them.)
+# The commands that produced the stored runs this page reads, from their manifests
+# (`--shard i/n` splits a run over machines and `python -m degradation_lib.experiments merge`
+# combines the shards):
+
+# %% tags=["remove-input"]
+for name in sorted(n for n in dl.available_results() if n.startswith("certattack-")):
+    print(dl.load_results(name).manifest["command"])

@@ -5,7 +5,7 @@
 Takes the first ``--n`` MNIST test images the model certifies at ε but not at 2ε (those the attack
 works on), and times, alternating, ``--repeats`` times each:
 
-* ``fb_model``: the network's forward + backward (sum of the logits) on the batch;
+* ``fb_model``: the network's forward + backward (sum of the logits, gradient to the input only) on the batch;
 * ``fb_score``: ``rejection_score`` forward + backward on the batch (what one step must compute);
 * ``attack``: ``certificate_attack`` with one run (``restarts=1, targets=0``) of ``--steps`` steps
   and no early exit (``exit_margin=inf``), so every step processes the whole batch; per step =
@@ -48,9 +48,9 @@ def main():
     x, labels = xs[ok][: args.n], lab[ok][: args.n]
     model = cert.model
 
-    def fb_model():
+    def fb_model():   # to the input only, as the attack's steps (no weight gradients), as run_bench.py
         z = x.clone().requires_grad_(True)
-        model(z).sum().backward()
+        torch.autograd.grad(model(z).sum(), z)
 
     def fb_score():
         z = x.clone().requires_grad_(True)
