@@ -557,6 +557,38 @@ def _error_step(e: torch.Tensor, c: dict, h: torch.Tensor, device) -> torch.Tens
     return c["sigma"] * e + _gamma_on(c["k"], h.dtype, device) * (c["alpha"] * _norm_up(h, device) + c["beta"])
 
 
+ABS_NORM_STEPS = 100
+"""Power-iteration steps of :func:`abs_operator_norm_upper` (the bound is proven after any number)."""
+
+
+@torch.no_grad()
+def abs_operator_norm_upper(mv, rmv, v0: torch.Tensor, k_row: int, k_col: int, steps: int = ABS_NORM_STEPS) -> float:
+    """A proven upper bound on ‖|A|‖₂ for an entrywise non-negative operator |A| (float64, CPU).
+
+    Collatz–Wielandt: M = |A|ᵀ|A| is symmetric and non-negative, so for every v > 0 (entrywise)
+    ρ(M) = ‖|A|‖₂² ≤ max_i (Mv)_i / v_i (ρ(M) ≤ ‖D⁻¹MD‖_∞ with D = diag(v)). v is the power
+    iterate of M after ``steps`` steps from ``v0`` > 0, which tends to M's Perron vector, where
+    the bound is attained. Rounding: |A|v and |A|ᵀ(|A|v) are sums of at most ``k_row`` resp.
+    ``k_col`` non-negative products, so the computed û ≥ (1 − γ_{k_row})(1 − γ_{k_col})·Mv
+    entrywise, and one more division by v_i costs a factor (1 − u); the bound is divided by
+    these factors. Returns ``inf`` when an entry of v vanished (the bound needs v > 0).
+
+    Args:
+        mv, rmv: v ↦ |A|v and z ↦ |A|ᵀz on float64 tensors (batch dimension 1).
+        v0: the positive start ``[1, ...]`` (float64), e.g. all ones.
+        k_row, k_col: the number of terms of one entry of |A|v and of |A|ᵀz.
+    """
+    v = v0 / v0.norm()
+    for _ in range(steps):
+        u = rmv(mv(v))
+        v = u / u.norm()
+    if not bool((v > 0).all()):
+        return math.inf
+    q = (rmv(mv(v)) / v).max().item()
+    rho = q / ((1 - spectral.U64) * (1 - spectral.gamma(k_row)) * (1 - spectral.gamma(k_col)))
+    return math.sqrt(rho) * (1 + 2 * spectral.U64)
+
+
 def rounding_unit(dtype: torch.dtype, device) -> float:
     """The unit roundoff the forward-error bound uses for ``dtype`` on ``device``: u = eps/2, times
     :data:`DEVICE_ROUNDING_SLACK` for float64 off the CPU."""
@@ -681,7 +713,8 @@ class GloroCertifier(Certifier):
       ≤ γ_k·|A||h| entrywise (γ_k = k·u/(1 − k·u), u the unit roundoff; Higham eq. 3.5), so a
       layer adds at most ρ_l = γ_{k_l}(‖|A_l|‖₂‖h̃_{l−1}‖₂ + ‖b_l‖₂) in ℓ2, MinMax is exact and
       1-Lipschitz, and the body's output error obeys e_l ≤ ‖A_l‖₂·e_{l−1} + ρ_l (‖|A_l|‖₂ is
-      bounded by the Schur test √(‖|A_l|‖₁‖|A_l|‖_∞)). For the head, |(ỹ_j − ỹ_i) − (y_j − y_i)| ≤
+      bounded by the smaller of the Schur test √(‖|A_l|‖₁‖|A_l|‖_∞) and a Collatz–Wielandt
+      bound at the Perron vector of |A_l|ᵀ|A_l|, :func:`abs_operator_norm_upper`). For the head, |(ỹ_j − ỹ_i) − (y_j − y_i)| ≤
       ‖w_j − w_i‖₂·e_L + γ_{d+1}(‖w_j‖₂‖h̃‖₂ + |b_j| + ‖w_i‖₂‖h̃‖₂ + |b_i|). The margins are
       computed in float64 and lowered by this bound before dividing by K (float64).
       Costs one forward pass plus one norm per layer; see :meth:`certified_radius`.
@@ -712,9 +745,9 @@ class GloroCertifier(Certifier):
       nets, against 1e-3 for the float32 rounding bound. An explicit ``forward_dtype=torch.float32``
       on CUDA is honoured and relies on 2 alone (float32 IEEE, checked as above).
       Consequence: on CUDA the default radii are *tighter* than the CPU's float32 ones (the
-      float32 rounding term, ≤ 1.6e-3 on mnist_0.3, is gone), so metrics measured on CUDA can
-      exceed the stored CPU ones, e.g. VRA of mnist_1.58 at ε = 1.58: 0.5815 (CPU, float32)
-      vs 0.5863 (float64 forward); mnist_0.3 at 0.3: 0.9372 vs 0.9376. Pass
+      float32 rounding term, ≤ 1.4e-3 on mnist_0.3, is gone), so metrics measured on CUDA can
+      exceed the stored CPU ones, e.g. VRA of mnist_1.58 at ε = 1.58: 0.5830 (CPU, float32)
+      vs 0.5863 (float64 forward); mnist_0.3 at 0.3: 0.9374 vs 0.9376. Pass
       ``forward_dtype=torch.float32`` to reproduce the CPU's numbers up to rounding.
       ``tests/benchmarks/check_gloro_soundness.py --device cuda`` checks both dtypes on a GPU
       against the CPU float64 reference, also with TF32 and cuDNN benchmark switched on globally.
@@ -780,23 +813,35 @@ class GloroCertifier(Certifier):
 
     @torch.no_grad()
     def _rounding_constants(self, norms: list[float]) -> dict:
-        """Per-layer constants of the forward-error bound (see the class docstring), float64."""
+        """Per-layer constants of the forward-error bound (see the class docstring), float64.
+
+        α_l ≥ ‖|A_l|‖₂ is the smaller of the Schur test √(‖|A_l|‖₁‖|A_l|‖_∞) and the
+        Collatz–Wielandt bound of :func:`abs_operator_norm_upper`.
+        """
         layers = []
         for layer, sigma in zip(self.model.body, norms):
             w = layer.weight.detach().double().cpu()
             b = layer.bias.detach().double().cpu() if layer.bias is not None else torch.zeros(w.shape[0], dtype=torch.float64)
+            wa = w.abs()
             if isinstance(layer, LipschitzConv2d):
                 ones_in = torch.ones(1, *layer.input_shape, dtype=torch.float64)
-                rows = F.conv2d(ones_in, w.abs(), None, layer.stride, layer.padding)          # |A| 1
+                rows = F.conv2d(ones_in, wa, None, layer.stride, layer.padding)               # |A| 1
                 ones_out = torch.ones(1, *layer.output_shape(), dtype=torch.float64)
-                cols = layer._op_t_with(w.abs(), ones_out)                                     # |A|ᵀ 1
+                cols = layer._op_t_with(wa, ones_out)                                          # |A|ᵀ 1
                 k = w[0].numel() + 1
                 beta = b.norm() * math.sqrt(layer.output_hw[0] * layer.output_hw[1])
+                cw = abs_operator_norm_upper(lambda v: F.conv2d(v, wa, None, layer.stride, layer.padding),
+                                             lambda z: layer._op_t_with(wa, z), ones_in,
+                                             k_row=w[0].numel(), k_col=w.shape[0] * w[0, 0].numel())
             else:
-                rows, cols = w.abs().sum(1), w.abs().sum(0)
+                rows, cols = wa.sum(1), wa.sum(0)
                 k = w.shape[1] + 1
                 beta = b.norm()
-            alpha = math.sqrt(rows.max().item() * cols.max().item())
+                cw = abs_operator_norm_upper(lambda v: v @ wa.T, lambda z: z @ wa,
+                                             torch.ones(1, w.shape[1], dtype=torch.float64),
+                                             k_row=w.shape[1], k_col=w.shape[0])
+            schur = math.sqrt(rows.max().item() * cols.max().item())
+            alpha = min(schur, cw)
             layers.append(dict(sigma=float(sigma), alpha=alpha * (1 + 1e-10), k=k, beta=beta.item() * (1 + 1e-10)))
         head = self.model.head
         w, b = head.weight.detach().double(), head.bias.detach().double()
