@@ -240,4 +240,15 @@ def make_manifest(*, params: dict, model: str | None = None, weights_path=None, 
     return m
 
 
-__all__ = ["PointResults", "merge", "ResultsFileError", "make_manifest", "file_sha256"]
+def run_commands(manifest: dict) -> list[str]:
+    """The command(s) that computed a run, from its manifest: one for an unsharded run, one per
+    shard (in the order merged) for a merged one. Raises ``ValueError`` when the manifest records none."""
+    if isinstance(manifest.get("command"), str):
+        return [manifest["command"]]
+    shards = [s.get("command") for s in manifest.get("shards", [])]
+    if shards and all(isinstance(c, str) for c in shards):
+        return shards
+    raise ValueError("manifest records no command (neither 'command' nor one per entry of 'shards')")
+
+
+__all__ = ["PointResults", "merge", "ResultsFileError", "make_manifest", "file_sha256", "run_commands"]

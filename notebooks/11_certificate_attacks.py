@@ -49,6 +49,7 @@ import degradation_lib as dl
 from degradation_lib import ABSTAIN
 from degradation_lib.bounds_l2 import GloroBounds
 from degradation_lib.experiments import RESULTS_DIR, load_results
+from degradation_lib.results import run_commands
 from degradation_lib.run_certattack import summarize
 
 dev = dl.resolve_device(device)
@@ -417,4 +418,4 @@ glue("bench_max", bench["evaluations_max"], display=False)
 
 # %% tags=["remove-input"]
 for name in sorted(n for n in dl.available_results() if n.startswith("certattack-")):
-    print(dl.load_results(name).manifest["command"])
+    print("\n".join(run_commands(dl.load_results(name).manifest)))

@@ -118,6 +118,24 @@ def test_manifest_contents(table1_full, tmp_path):
     assert loaded.manifest == json.loads(json.dumps(m)) and loaded.meta == table1_full.meta
 
 
+def test_run_commands_of_plain_and_merged_runs():
+    """``run_commands``: the command of an unsharded run, one per shard after a merge, an error
+    when the manifest has none; every stored run records its commands."""
+    from degradation_lib.results import run_commands
+    meta = {"experiment": "x"}
+    a = PointResults({"index": np.arange(0, 3)}, dict(meta, shard="0/2"), {"command": "run --shard 0/2", "host": "a"})
+    b = PointResults({"index": np.arange(3, 5)}, dict(meta, shard="1/2"), {"command": "run --shard 1/2", "host": "b"})
+    assert run_commands(a.manifest) == ["run --shard 0/2"]
+    merged = merge([b, a])
+    assert "command" not in merged.manifest
+    assert sorted(run_commands(merged.manifest)) == ["run --shard 0/2", "run --shard 1/2"]
+    with pytest.raises(ValueError, match="command"):
+        run_commands({"host": "h"})
+    for name in dl.available_results():
+        cmds = run_commands(dl.load_results(name).manifest)
+        assert cmds and all(c.startswith("python -m degradation_lib.experiments run ") for c in cmds), name
+
+
 def test_saved_files_are_compressed(tmp_path):
     r = PointResults({"index": np.arange(10_000), "flag": np.zeros(10_000, bool)}, {"a": 1})
     compressed = r.save(tmp_path / "c.npz").stat().st_size
