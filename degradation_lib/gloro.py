@@ -540,6 +540,56 @@ def certification_forward_dtype(model_dtype: torch.dtype, device, forward_dtype:
     return model_dtype if _device_type(device) == "cpu" else torch.float64
 
 
+GEMM_CHUNK_BYTES = 2 ** 28
+"""At most this many bytes of unfolded input per matrix product of :func:`conv2d_gemm`."""
+
+
+def conv2d_gemm(h: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, stride, padding) -> torch.Tensor:
+    """``F.conv2d(h, weight, bias, stride, padding)`` (zero padding, no dilation or groups) as an
+    unfold (im2col, exact copies) and one batched matrix product per chunk of images.
+
+    Every output entry is one inner product of length C_in·k_h·k_w plus the bias, summed in
+    some order by the GEMM: the γ_k error bound of :class:`GloroCertifier` holds as for a
+    direct convolution. The certifier uses it off the CPU, where cuDNN is off and PyTorch's own
+    convolution (``slow_conv2d``) loops over the images of the batch, one im2col and one GEMM
+    each.
+
+    Args:
+        h: ``[N, C_in, H, W]``; weight: ``[C_out, C_in, k_h, k_w]``; bias: ``[C_out]`` or None
+            (same dtype and device as ``h``).
+        stride, padding: ints or pairs, as for ``F.conv2d``.
+
+    Returns ``[N, C_out, H_out, W_out]``.
+    """
+    stride = (stride, stride) if isinstance(stride, int) else tuple(stride)
+    padding = (padding, padding) if isinstance(padding, int) else tuple(padding)
+    n, _, height, width = h.shape
+    c_out, c_in, kh, kw = weight.shape
+    oh = (height + 2 * padding[0] - kh) // stride[0] + 1
+    ow = (width + 2 * padding[1] - kw) // stride[1] + 1
+    wmat = weight.reshape(c_out, c_in * kh * kw)
+    per_image = c_in * kh * kw * oh * ow * h.element_size()
+    chunk = max(1, GEMM_CHUNK_BYTES // max(per_image, 1))
+    out = []
+    for s in range(0, n, chunk):
+        cols = F.unfold(h[s:s + chunk], (kh, kw), padding=padding, stride=stride)   # [n', C_in·kh·kw, L]
+        z = torch.matmul(wmat, cols)                                                  # [n', C_out, L]
+        if bias is not None:
+            z = z + bias[:, None]
+        out.append(z.reshape(-1, c_out, oh, ow))
+    return torch.cat(out) if len(out) > 1 else out[0]
+
+
+def _certifying_conv(h: torch.Tensor, layer: nn.Conv2d, dtype: torch.dtype, device) -> torch.Tensor:
+    """A convolution of the certifying forward pass in ``dtype``: ``F.conv2d`` on the CPU,
+    :func:`conv2d_gemm` on any other device."""
+    w = layer.weight.to(dtype)
+    b = None if layer.bias is None else layer.bias.to(dtype)
+    if _device_type(device) == "cpu":
+        return F.conv2d(h, w, b, layer.stride, layer.padding)
+    return conv2d_gemm(h, w, b, layer.stride, layer.padding)
+
+
 def _gamma_on(k: int, dtype: torch.dtype, device) -> float:
     """γ_k = k·u/(1 − k·u) for the unit roundoff u of ``dtype`` on ``device`` (:func:`rounding_unit`)."""
     ku = k * rounding_unit(dtype, device)
@@ -730,8 +780,10 @@ class GloroCertifier(Certifier):
 
       1. the convolutions run in **float64** by default (:func:`certification_forward_dtype`);
          no TF32 exists for float64, and the dense layers and head are float64 anyway;
-      2. inside the forward pass (:func:`_ieee_fp32`) cuDNN is disabled, so PyTorch's own
-         convolution (im2col and a cuBLAS GEMM: a sum of products, any order) runs, cuBLAS TF32
+      2. the convolutions are computed as im2col and one batched cuBLAS GEMM per chunk of images
+         (:func:`conv2d_gemm`: a sum of products, any order; PyTorch's own CUDA convolution
+         without cuDNN, ``slow_conv2d``, does the same one image at a time);
+         inside the forward pass (:func:`_ieee_fp32`) cuDNN is disabled, cuBLAS TF32
          is off through both PyTorch APIs, and the settings actually in force are read back and
          checked before the pass (:func:`_check_ieee`; a mixed legacy/new TF32 state raises);
       3. the float64 unit roundoff in the bound is inflated by :data:`DEVICE_ROUNDING_SLACK` =
@@ -911,8 +963,7 @@ class GloroCertifier(Certifier):
                     h = h.flatten(1).double()
                     z = self._linear64(layer, h)
                 else:
-                    z = F.conv2d(h, layer.weight.to(cdt), None if layer.bias is None else layer.bias.to(cdt),
-                                 layer.stride, layer.padding)
+                    z = _certifying_conv(h, layer, cdt, p.device)
                 e = _error_step(e, c, h, p.device)
                 h = model.activation(z)
             h = h.flatten(1).double()

@@ -539,9 +539,51 @@ def test_ieee_context_overrides_tf32_and_cudnn(hostile_fp32_settings):
     assert fp32_state("cpu") == before
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_conv2d_gemm_is_a_convolution_within_its_rounding_bound(monkeypatch, dtype):
+    """conv2d_gemm (the certifying convolution off the CPU) against F.conv2d on the geometries of
+    the committed nets and odd ones: both are within γ_k(|W||h| + |b|) of the exact result
+    (k = C_in·k_h·k_w + 1), so within twice that of each other, also when the batch is split
+    into one product per image (a GEMM of another size may sum in another order)."""
+    from degradation_lib import gloro
+    gen = torch.Generator().manual_seed(3)
+    geoms = [((1, 28, 28), 32, 4, 2, 1), ((32, 14, 14), 64, 4, 2, 1), ((16, 13, 11), 8, 3, 2, 1),
+             ((3, 9, 9), 5, 3, 1, 0), ((2, 7, 8), 4, (3, 2), (2, 1), (1, 0))]
+    for (c, h, w), c_out, k, stride, pad in geoms:
+        kh, kw = (k, k) if isinstance(k, int) else k
+        x = torch.rand(7, c, h, w, generator=gen, dtype=torch.float64).to(dtype)
+        weight = torch.randn(c_out, c, kh, kw, generator=gen, dtype=torch.float64).to(dtype)
+        bias = torch.randn(c_out, generator=gen, dtype=torch.float64).to(dtype)
+        for b in (bias, None):
+            ref = F.conv2d(x, weight, b, stride, pad)
+            got = gloro.conv2d_gemm(x, weight, b, stride, pad)
+            assert got.shape == ref.shape and got.dtype == dtype
+            scale = F.conv2d(x.double().abs(), weight.double().abs(), None if b is None else b.double().abs(), stride, pad)
+            kk = c * kh * kw + 1
+            u = torch.finfo(dtype).eps / 2
+            gamma = kk * u / (1 - kk * u)
+            assert ((got.double() - ref.double()).abs() <= 2 * gamma * scale).all()
+            monkeypatch.setattr(gloro, "GEMM_CHUNK_BYTES", 1)            # one image per product
+            chunked = gloro.conv2d_gemm(x, weight, b, stride, pad)
+            monkeypatch.undo()
+            assert ((chunked.double() - ref.double()).abs() <= 2 * gamma * scale).all()
+    # a real layer: the certifying convolution routes by device
+    layer = load_model("mnist_1.58").model.body[0]
+    x = torch.rand(3, *layer.input_shape, generator=gen)
+    calls = []
+    real_gemm = gloro.conv2d_gemm
+    monkeypatch.setattr(gloro, "conv2d_gemm", lambda *a: calls.append(1) or real_gemm(*a))
+    cpu = gloro._certifying_conv(x.double(), layer, torch.float64, "cpu")
+    assert calls == []
+    monkeypatch.setattr(gloro, "_device_type", lambda device: "cuda")
+    off_cpu = gloro._certifying_conv(x.double(), layer, torch.float64, "cpu")
+    assert calls == [1] and torch.allclose(cpu, off_cpu, rtol=0, atol=1e-12)
+
+
 def test_certifier_cuda_branch_is_float64_ieee_and_sound(monkeypatch, exact_norms, hostile_fp32_settings):
     """The certifier's CUDA branch, run on the CPU by substituting the device seam: the
-    convolutions get float64 inputs inside the IEEE context with cuDNN off, the radius is sound
+    convolutions (:func:`conv2d_gemm`, one batched GEMM) get float64 inputs inside the IEEE
+    context with cuDNN off, the radius is sound
     (≤ the float64 reference with exact constants) and within 1e-6 of the CPU float64 forward's."""
     from degradation_lib import gloro, load_mnist
     name = "mnist_0.3"
@@ -549,14 +591,14 @@ def test_certifier_cuda_branch_is_float64_ieee_and_sound(monkeypatch, exact_norm
     cert = load_model(name)
     r_cpu64 = GloroCertifier(cert.model, forward_dtype=torch.float64).certified_radius(x)[1]
     seen = []
-    real_conv2d = F.conv2d
+    real_gemm = gloro.conv2d_gemm
 
-    def spy_conv2d(inp, weight, *args, **kwargs):
+    def spy_gemm(inp, weight, *args, **kwargs):
         seen.append((inp.dtype, weight.dtype, torch.backends.cudnn.enabled, gloro.fp32_state("cuda")["cublas_tf32"]))
-        return real_conv2d(inp, weight, *args, **kwargs)
+        return real_gemm(inp, weight, *args, **kwargs)
 
     monkeypatch.setattr(gloro, "_device_type", lambda device: "cuda")
-    monkeypatch.setattr(gloro.F, "conv2d", spy_conv2d)
+    monkeypatch.setattr(gloro, "conv2d_gemm", spy_gemm)   # the CUDA branch's convolutions
     cuda_cert = GloroCertifier(cert.model)
     labels, radius = cuda_cert.certified_radius(x)
     monkeypatch.undo()
