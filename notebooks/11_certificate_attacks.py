@@ -385,6 +385,64 @@ glue("slope158_s", t_slope158, display=False)
 # a measurement at $x$, not a proof over the ball.
 
 # %% [markdown]
+# **mnist_1.58: is it the attack's fault? A much stronger attack on a sample of the missed points.**
+# The stored run `certattack-mnist_1.58-strong` attacks a seeded random sample of the points above
+# (numpy `default_rng(15)`) with a far larger budget than the stored run: more restarts, every
+# runner-up class as a target and longer runs (same step schedule and seed convention). If the gap
+# were the attack's, a good share of these points would now be degraded.
+
+# %%
+strong = load_results("certattack-mnist_1.58-strong")
+sp, dp = strong.meta["params"], r158.meta["params"]
+sample = np.sort(r158["index"][missed158][np.random.default_rng(15).choice(len(missed158), size=len(strong), replace=False)])
+assert np.array_equal(strong["index"], sample)          # exactly the seeded sample of the missed points
+assert (strong["certified"].astype(bool) & ~strong["certified_2eps"].astype(bool)).all()
+
+
+def budget(q: dict) -> int:
+    """Score evaluations per point without early exit: restarts × (1 + targets) × (steps + 1)."""
+    return q["restarts"] * (1 + q["targets"]) * (q["steps"] + 1)
+
+
+k_strong, n_strong = int(strong["rejected_cert"].sum()), len(strong)
+lo_strong, hi_strong = (float(v) for v in dl.clopper_pearson(k_strong, n_strong))
+flipped_strong = int(((strong["label_cert"] != strong["cert_label"]) & (strong["label_cert"] != ABSTAIN)).sum())
+assert flipped_strong == 0
+hits158 = int((ub158 & reached158).sum())
+strong_table = pd.DataFrame({
+    "attack": ["stored run (all points)", "stronger attack (sample of the missed points)"],
+    "restarts": [dp["restarts"], sp["restarts"]], "runner-up targets": [dp["targets"], sp["targets"]],
+    "steps": [dp["steps"], sp["steps"]], "evaluations per point (max)": [budget(dp), budget(sp)],
+    "points": [int(ub158.sum()), n_strong], "degraded": [hits158, k_strong],
+}).set_index("attack")
+display(strong_table)
+
+# %% tags=["remove-input"]
+glue("strong_n", n_strong, display=False)
+glue("strong_k", k_strong, display=False)
+glue("strong_lo", lo_strong, display=False)
+glue("strong_hi", hi_strong, display=False)
+glue("strong_ratio", budget(sp) / budget(dp), display=False)
+glue("strong_targets", int(sp["targets"]), display=False)
+glue("strong_restarts", int(sp["restarts"]), display=False)
+glue("strong_steps", int(sp["steps"]), display=False)
+glue("strong_wall", float(strong.manifest["wall_time_s"]), display=False)
+glue("strong_reach_hi", (hits158 + hi_strong * len(missed158)) / int(ub158.sum()), display=False)
+glue("strong_need", (0.9 * int(ub158.sum()) - hits158) / len(missed158), display=False)
+
+# %% [markdown]
+# With {glue:text}`strong_ratio:.0f` times the budget per point ({glue:text}`strong_restarts`
+# restarts, all {glue:text}`strong_targets` runner-up classes, {glue:text}`strong_steps` steps;
+# {glue:text}`strong_wall:.0f` s on one CPU thread), the attack degrades {glue:text}`strong_k` of
+# the {glue:text}`strong_n` sampled points (95 % Clopper–Pearson interval
+# {glue:text}`strong_lo:.1%` to {glue:text}`strong_hi:.1%`), and changes no certified label.
+# Reaching 90 % of the paper's bound needs {glue:text}`strong_need:.0%` of the missed points; even
+# at the upper end of the interval this stronger attack would reach
+# {glue:text}`strong_reach_hi:.1%` of the bound. More attack budget does not close the gap on
+# mnist_1.58, which agrees with the slope measurement: the remaining points are, most likely, out
+# of every attack's reach, and the paper's bound over-counts them.
+
+# %% [markdown]
 # ## Cost
 #
 # One step of the attack costs one forward and backward pass of the rejection score on the points
