@@ -428,7 +428,7 @@ display(pd.DataFrame({
     "images": st["images"], "upper bound": st["upper bound"], "degraded (stored run)": st["degraded (stored run)"],
     "missed": st["missed"], "budget × stored": [f"{v:.1f}" for v in st["budget ratio"]], "sample": st["sample"],
     "degraded by the stronger attack": st["degraded by the stronger attack"],
-    "95 % CI": [f"{a:.1%} – {b:.1%}" for a, b in zip(st["lo"], st["hi"])],
+    "95 % CI": [f"{a:.2%} – {b:.1%}" for a, b in zip(st["lo"], st["hi"])],
     "share of the bound at most (upper end)": [f"{v:.1%}" for v in st["reach (upper end)"]]}))
 
 # %% tags=["remove-input"]
@@ -456,7 +456,7 @@ for name in ("mnist_0.3", "mnist_0.3_authors"):
 #   ({glue:text}`strong_restarts` restarts, all {glue:text}`strong_targets` runner-up classes,
 #   {glue:text}`strong_steps` steps; {glue:text}`strong_wall:.0f` s on one CPU thread), the attack
 #   degrades {glue:text}`strong_k` of the {glue:text}`strong_n` sampled points (95 % interval
-#   {glue:text}`strong_lo:.1%` to {glue:text}`strong_hi:.1%`). Reaching 90 % of the paper's bound
+#   {glue:text}`strong_lo:.2%` to {glue:text}`strong_hi:.1%`). Reaching 90 % of the paper's bound
 #   needs {glue:text}`strong_need:.0%` of the missed points; even at the upper end of the interval
 #   this stronger attack would reach {glue:text}`strong_reach_hi:.1%` of the bound.
 # * **mnist_0.3.** It degrades {glue:text}`strong_k_03` of 60 sampled missed points on our model
