@@ -233,8 +233,16 @@ fig.tight_layout()
 
 # %%
 res = load_results(f"certattack-{main}")
-R = res["certified"].astype(bool) & (res["cert_label"] == res["label"])
-ub_idx = np.flatnonzero(R & ~res["certified_2eps"].astype(bool))[:slope_images]
+def upper_bound_points(res) -> tuple[np.ndarray, np.ndarray]:
+    """``(ub, reached)``, bool ``[N]``, of a stored certattack run: the paper's upper bound (points
+    of test_R not certified at 2ε) and those of its points that a stored attack (Algorithm 3.1,
+    ε-PGD or the certificate attack) degrades."""
+    R = res["certified"].astype(bool) & (res["cert_label"] == res["label"])
+    ub = R & ~res["certified_2eps"].astype(bool)
+    return ub, ub & (res["rejected_cert"] | res["rejected_alg31"] | res["rejected_eps_pgd"]).astype(bool)
+
+
+ub_idx = np.flatnonzero(upper_bound_points(res)[0])[:slope_images]
 xs = x_test[res["index"][ub_idx]].to(dev)
 ls = torch.as_tensor(res["cert_label"][ub_idx], device=dev)
 start = time.perf_counter()
@@ -303,8 +311,7 @@ glue("bound_s", t_bound, display=False)
 # $n = 100{,}000$ cannot see.
 
 # %% tags=["remove-input"]
-ub = R & ~res["certified_2eps"].astype(bool)
-reached = ub & (res["rejected_cert"] | res["rejected_alg31"] | res["rejected_eps_pgd"]).astype(bool)
+ub, reached = upper_bound_points(res)
 glue("unreached_03", float(1 - reached.sum() / ub.sum()), display=False)
 
 # %% [markdown]
@@ -322,9 +329,7 @@ glue("unreached_03", float(1 - reached.sum() / ub.sum()), display=False)
 r158 = load_results("certattack-mnist_1.58")
 cert158 = dl.load_model("mnist_1.58", dev)
 eps158 = float(r158.meta["eps"])
-R158 = r158["certified"].astype(bool) & (r158["cert_label"] == r158["label"])
-ub158 = R158 & ~r158["certified_2eps"].astype(bool)
-reached158 = (r158["rejected_cert"] | r158["rejected_alg31"] | r158["rejected_eps_pgd"]).astype(bool)
+ub158, reached158 = upper_bound_points(r158)
 missed158 = np.flatnonzero(ub158 & ~reached158)
 hit158 = np.flatnonzero(ub158 & reached158)[:len(missed158)]
 
@@ -407,9 +412,7 @@ strong_rows = []
 for name in ("mnist_1.58", "mnist_0.3", "mnist_0.3_authors"):
     base = load_results(f"certattack-{name}")
     strong = load_results(f"certattack-{name}-strong")
-    R_b = base["certified"].astype(bool) & (base["cert_label"] == base["label"])
-    ub_b = R_b & ~base["certified_2eps"].astype(bool)
-    hit_b = ub_b & (base["rejected_cert"] | base["rejected_alg31"] | base["rejected_eps_pgd"]).astype(bool)
+    ub_b, hit_b = upper_bound_points(base)
     miss_b = np.flatnonzero(ub_b & ~hit_b)
     sample = np.sort(base["index"][miss_b][np.random.default_rng(15).choice(len(miss_b), size=len(strong), replace=False)])
     assert np.array_equal(strong["index"], sample)      # the seeded sample of the missed points (or all of them)
