@@ -63,14 +63,16 @@ Command line::
     python -m degradation_lib.experiments list
     python -m degradation_lib.experiments run table1 --model mnist_1.58 [--shard 2/8]
         [--num-images N | --indices 0:10000:20 | --indices 3,5,8] [--seed S] [--device auto]
-        [--eps E] [--param steps=50 ...] [--tag T] [--threads T]
+        [--eps E] [--param steps=50 ...] [--tag T] [--threads T] [--block-size B]
     python -m degradation_lib.experiments merge table1-mnist_1.58
     python -m degradation_lib.experiments show table1-mnist_1.58
 
 ``--shard i/n`` is 0-based (``0/8`` … ``7/8``); a shard writes
 ``results/partial/<name>/shard_i_of_n.npz`` and ``merge`` combines all n of them into the store.
 A run without ``--shard`` writes the store file directly. A killed run resumes from its
-checkpoint (whole blocks). The unit of work for a scheduler is :func:`run_shard`, pure given
+checkpoint (whole blocks). Shards are made of whole blocks (the experiment's block size, or
+``--block-size``, which is part of the run's identity): more shards than blocks leave some
+empty, and ``run_shard`` warns. The unit of work for a scheduler is :func:`run_shard`, pure given
 its arguments.
 """
 
@@ -84,6 +86,7 @@ import math
 import shlex
 import sys
 import time
+import warnings
 import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -443,10 +446,12 @@ def load_norm(model: str) -> float:
     return math.inf if kind == "linf" else 2.0
 
 
-def _canonical_command(name, model, shard_i, num_shards, indices, seed, device, params, exp) -> str:
+def _canonical_command(name, model, shard_i, num_shards, indices, seed, device, params, exp, block_size=None) -> str:
     args = ["python", "-m", "degradation_lib.experiments", "run", name, "--model", model,
             "--shard", f"{shard_i}/{num_shards}", "--indices", _indices_spec(indices), "--seed", str(seed),
             "--device", str(device)]
+    if block_size is not None and block_size != exp.block_size[params["kind"]]:
+        args += ["--block-size", str(block_size)]
     for k, v in params.items():
         if k != "kind" and v != exp.defaults.get(k):
             args += ["--param", f"{k}={v}"]
@@ -501,6 +506,11 @@ def run_shard(name: str, model: str, shard_i: int = 0, num_shards: int = 1, *, i
     meta["shard"] = f"{shard_i}/{num_shards}"
     blocks = blocks_of(idx, meta["block_size"])
     mine = [blocks[b] for b in shard_blocks(len(blocks), shard_i, num_shards)]
+    if num_shards > len(blocks):
+        warnings.warn(f"{num_shards} shards of a run of {len(blocks)} block(s) of at most {meta['block_size']} "
+                      f"points: {num_shards - len(blocks)} shard(s) are empty and shard {shard_i} has "
+                      f"{sum(len(b) for b in mine)} points; a smaller block_size (--block-size) splits it evenly",
+                      stacklevel=2)
     dev = resolve_device(device)
 
     done: dict[int, dict] = {}
@@ -528,7 +538,7 @@ def run_shard(name: str, model: str, shard_i: int = 0, num_shards: int = 1, *, i
     certifier = None
     x_all, y_all = load_mnist("test")
     parts = []
-    cmd = command or _canonical_command(name, model, shard_i, num_shards, idx, seed, device, p, exp)
+    cmd = command or _canonical_command(name, model, shard_i, num_shards, idx, seed, device, p, exp, meta["block_size"])
 
     def snapshot(wall):
         cols = {k: np.concatenate([pt[k] for pt in parts]) for k in parts[0]} if parts else {}
@@ -704,6 +714,8 @@ def main(argv=None) -> int:
     r.add_argument("--param", action="append", default=[], help="key=value experiment parameter (repeatable)")
     r.add_argument("--tag", default=None, help="suffix of the store name")
     r.add_argument("--threads", type=int, default=None, help="torch.set_num_threads")
+    r.add_argument("--block-size", type=int, default=None,
+                   help="points per block (the unit of sharding and checkpoints; default: the experiment's)")
     r.add_argument("--scheduler", default=None,
                    help="run the shards as Dask tasks: 'local' (a LocalCluster) or tcp://HOST:8786 (degradation_lib.distributed)")
     r.add_argument("--tasks", type=int, default=None, help="shard tasks with --scheduler (default: 4 per worker)")
@@ -768,6 +780,8 @@ def main(argv=None) -> int:
     if args.scheduler:                                    # Dask: all shards as tasks, merged into the store
         if args.shard:
             raise SystemExit("--shard and --scheduler exclude each other (the scheduler runs all shards)")
+        if args.block_size is not None:
+            raise SystemExit("--block-size is not supported with --scheduler (it splits the run into --tasks itself)")
         from .distributed import run_experiment
         res = run_experiment(args.experiment, args.model, args.tasks or 4 * args.workers, args.scheduler,
                              workers=args.workers, indices=indices, num_images=args.num_images, seed=args.seed,
@@ -780,7 +794,8 @@ def main(argv=None) -> int:
     command = " ".join(shlex.quote(a) for a in ["python", "-m", "degradation_lib.experiments"] + sys.argv[1:]) \
         if argv is None else None
     res = run_shard(args.experiment, args.model, shard_i, num_shards, indices=indices, num_images=args.num_images,
-                    seed=args.seed, device=args.device, checkpoint=ckpt, progress=True, command=command, **params)
+                    seed=args.seed, device=args.device, checkpoint=ckpt, progress=True, command=command,
+                    block_size=args.block_size, **params)
     if args.shard:
         path = res.save(PARTIAL_DIR / name / f"{tag}.npz")
     else:

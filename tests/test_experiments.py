@@ -24,6 +24,22 @@ def table1_full():
     return E.run_shard("table1", "mnist_0.3", indices=IDX, block_size=5, steps=10)
 
 
+def test_more_shards_than_blocks_warn_and_block_size_splits_evenly():
+    """A run of 2 points has one block of the default size: 4 shards leave 3 empty, with a warning
+    naming the way out; block_size=1 gives each of 2 shards one point, silently, and the shard's
+    recorded command carries --block-size so it reproduces."""
+    import warnings
+    idx = np.array([0, 1])
+    with pytest.warns(UserWarning, match=r"3 shard\(s\) are empty.*--block-size"):
+        empty = E.run_shard("table1", "mnist_0.3", 3, 4, indices=idx, steps=2)
+    assert len(empty) == 0
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        parts = [E.run_shard("table1", "mnist_0.3", i, 2, indices=idx, block_size=1, steps=2) for i in range(2)]
+    assert [list(p["index"]) for p in parts] == [[0], [1]]
+    assert all("--block-size 1" in p.manifest["command"] for p in parts)
+
+
 def test_shards_merged_equal_unsharded(table1_full):
     torch.manual_seed(999)
     parts = [E.run_shard("table1", "mnist_0.3", i, 3, indices=IDX, block_size=5, steps=10) for i in range(3)]
