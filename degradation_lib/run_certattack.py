@@ -21,6 +21,16 @@ from .attacks import certificate_attack, project
 from .certifier import ABSTAIN
 
 
+def attack_budget(p: dict | None = None) -> int:
+    """Score evaluations per point of the certificate attack without early exit:
+    restarts × (1 + targets) × (steps + 1), for the run parameters ``p`` (the keys ``restarts``,
+    ``targets``, ``steps``; default: the ``certattack`` experiment's defaults, 808)."""
+    if p is None:
+        from .experiments import get_experiment
+        p = get_experiment("certattack").defaults
+    return int(p["restarts"]) * (1 + int(p["targets"])) * (int(p["steps"]) + 1)
+
+
 def certattack_compute(c, x, y, index, p, seed) -> dict:
     """The ``certattack`` experiment's columns for one block of points (store conventions).
 

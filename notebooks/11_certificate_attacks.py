@@ -50,7 +50,7 @@ from degradation_lib import ABSTAIN
 from degradation_lib.bounds_l2 import GloroBounds
 from degradation_lib.experiments import RESULTS_DIR, load_results
 from degradation_lib.results import run_commands
-from degradation_lib.run_certattack import summarize
+from degradation_lib.run_certattack import attack_budget, summarize
 
 dev = dl.resolve_device(device)
 main = models[0]
@@ -403,11 +403,6 @@ glue("slope158_s", t_slope158, display=False)
 # interval (the largest share it would plausibly reach).
 
 # %%
-def budget(q: dict) -> int:
-    """Score evaluations per point without early exit: restarts × (1 + targets) × (steps + 1)."""
-    return q["restarts"] * (1 + q["targets"]) * (q["steps"] + 1)
-
-
 strong_rows = []
 for name in ("mnist_1.58", "mnist_0.3", "mnist_0.3_authors"):
     base = load_results(f"certattack-{name}")
@@ -422,7 +417,7 @@ for name in ("mnist_1.58", "mnist_0.3", "mnist_0.3_authors"):
     lo, hi = (float(v) for v in dl.clopper_pearson(k, n))
     strong_rows.append({
         "model": name, "images": len(base), "upper bound": int(ub_b.sum()), "degraded (stored run)": int(hit_b.sum()),
-        "missed": len(miss_b), "budget ratio": budget(strong.meta["params"]) / budget(base.meta["params"]),
+        "missed": len(miss_b), "budget ratio": attack_budget(strong.meta["params"]) / attack_budget(base.meta["params"]),
         "sample": n, "degraded by the stronger attack": k, "lo": lo, "hi": hi,
         "reach (upper end)": (int(hit_b.sum()) + (k if n == len(miss_b) else hi * len(miss_b))) / int(ub_b.sum()),
         "wall_s": float(strong.manifest["wall_time_s"]),

@@ -12,7 +12,7 @@ points of the full run) and compared with :func:`degradation_lib.experiments.com
 
 Sample sizes: 50 points per GloRo/ℓ∞ run, 20 for an ℓ∞ radius search, 2 per smoothing run
 (CERTIFY at n = 100,000 costs ~3 s per image and core); a certificate-attack run with a larger
-budget per point than the defaults (restarts × (1 + targets) × (steps + 1) = 808) recomputes
+budget per point than the defaults (`run_certattack.attack_budget`: restarts × (1 + targets) × (steps + 1) = 808) recomputes
 proportionally fewer points, at least 3. The stored model weights must be the
 ones the run used (sha256 in its manifest).
 """
@@ -23,13 +23,11 @@ import pytest
 import degradation_lib as dl
 from degradation_lib import experiments as E
 from degradation_lib.results import file_sha256
+from degradation_lib.run_certattack import attack_budget
 
 SAMPLE = {"gloro": 50, "linf": 50, "smoothing": 2}
 SAMPLE_LINF_RADII = 20
 TOL = dict(radius_atol=1e-4, radius_rtol=1e-4, dist_atol=1e-4)
-
-
-DEFAULT_ATTACK_BUDGET = 2 * (1 + 3) * (100 + 1)   # certattack's defaults: restarts 2, targets 3, steps 100
 
 
 def _sample_size(res) -> int:
@@ -40,8 +38,7 @@ def _sample_size(res) -> int:
     p = res.meta["params"]
     if res.meta["experiment"] == "certattack" and kind != "smoothing":
         # a stronger attack costs more per point: keep the recomputation's cost about constant
-        budget = p["restarts"] * (1 + p["targets"]) * (p["steps"] + 1)
-        k = max(3, min(k, k * DEFAULT_ATTACK_BUDGET // budget))
+        k = max(3, min(k, k * attack_budget() // attack_budget(p)))
     return k
 
 

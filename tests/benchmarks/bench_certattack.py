@@ -27,6 +27,7 @@ import time
 import torch
 
 from degradation_lib import certificate_attack, load_mnist, load_model, model_metadata, resolve_device
+from degradation_lib.run_certattack import attack_budget
 
 
 def main():
@@ -89,7 +90,7 @@ def main():
     print({k: round(v, 4) for k, v in med.items()})
     print(f"per step {per_step:.4f} s: {per_step / med['fb_model']:.2f}x fb_model, "
           f"{per_step / med['fb_score']:.2f}x fb_score")
-    max_evals = x.shape[0] * 2 * (1 + 3) * (100 + 1)       # the defaults: restarts 2, targets 3, steps 100
+    max_evals = x.shape[0] * attack_budget()               # the defaults: restarts 2, targets 3, steps 100
     print(f"default attack: {int(info['evaluations'].sum())} score evaluations for {x.shape[0]} points "
           f"(no early exit: up to {max_evals})")
     if args.out:
