@@ -447,10 +447,106 @@ def smoothing_unattackable(radius, sigma: float, eps: float, n: int, alpha: floa
     return torch.as_tensor(proof), torch.as_tensor(failure)
 
 
+def pattern_lipschitz_witness(certifier: GloroCertifier, *, iters: int = 30, restarts: int = 16,
+                              generator: torch.Generator | None = None) -> torch.Tensor:
+    """ω ``[C, C]``: how far any *pattern-agnostic* Lipschitz bound of y_j − y_i must stay from 0.
+
+    Fix the order of every MinMax pair (a "pattern" P: each pair is passed through or swapped).
+    The network is then linear, x ↦ J_P·x + c_P, and its class difference y_j − y_i has the
+    gradient ``J_Pᵀ(e_j − e_i)``. Every bound that holds whatever the pattern -- GloRo's
+    K_ij = ∏_l ‖A_l‖₂ · ‖w_j − w_i‖₂ (Section 2 of the paper), or an SDP bound that treats MinMax
+    through the slope of |a − b| in [−1, 1] -- is at least ``L*_ij = max_P ‖J_Pᵀ(e_j − e_i)‖₂``.
+    This function returns a *witness* ``ω_ij = ‖J_Pᵀ(e_j − e_i)‖₂`` of one pattern P, found by
+    alternating exact maximisation of the bilinear form ``(e_j − e_i)ᵀ J_P u`` over unit u and over
+    one layer's pattern at a time (each pair takes the order that increases the form, given u and
+    the other layers, in one top-down sweep; u then becomes the normalised gradient), from
+    ``restarts`` random starts (u and the pattern). No step decreases the form, so ω is realised
+    by a pattern and
+
+        ω_ij ≤ L*_ij ≤ any pattern-agnostic bound, K_ij included.
+
+    Consequence (used on page 11): such a bound L can prove a point x with label l unattackable at
+    ε (``y_l − y_i − ε·L_li > ε·K_li`` at x for every i) only if ``y_l − y_i > ε·(K_li + ω_li)``:
+    points below that stay undecided by every bound of this kind, however it is computed.
+
+    Args:
+        certifier: a :class:`~degradation_lib.gloro.GloroCertifier` (its net's weights, no biases).
+        iters: most alternating rounds (one forward pass, one top-down sweep over the layers'
+            patterns, one update of u; stops early when no pair changes); ≥ 1.
+        restarts: random starts (u and pattern) per class pair; ≥ 1.
+        generator: seeds the starting directions (reproducible witness).
+
+    Returns:
+        ω ``[C, C]`` float64 on the CPU, symmetric, zero diagonal. Float64 rounding is ~1e-13
+        relative; ω is a lower bound of L*, not an upper bound.
+    """
+    if not isinstance(certifier, GloroCertifier):
+        raise TypeError(f"certifier must be a GloroCertifier, got {type(certifier).__name__}")
+    for name, v in (("iters", iters), ("restarts", restarts)):
+        if isinstance(v, bool) or not isinstance(v, int) or v < 1:
+            raise ValueError(f"{name} must be an integer >= 1, got {v!r}")
+    net = certifier.model
+    layers, shape = [], tuple(net.input_shape)
+    for layer in net.body:
+        layers.append(_Affine(layer, shape))
+        shape = layers[-1].out_shape
+    head = net.head.weight.detach().double().cpu()
+    C = head.shape[0]
+    pairs = [(i, j) for i in range(C) for j in range(i + 1, C)]
+    v = torch.zeros(len(pairs) * restarts, C, dtype=torch.float64)
+    for k, (i, j) in enumerate(pairs):
+        v[k * restarts:(k + 1) * restarts, j], v[k * restarts:(k + 1) * restarts, i] = 1.0, -1.0
+    B = len(v)
+
+    def lin(a: _Affine, h):
+        if a.conv is not None:
+            return F.conv2d(h, a.weight, None, **a.conv)
+        return F.linear(h.flatten(1), a.weight)
+
+    def order(z, swap):
+        lo, hi = _split(z, 1)
+        return torch.cat([torch.where(swap, hi, lo), torch.where(swap, lo, hi)], dim=1)
+
+    u = torch.randn(B, *net.input_shape, dtype=torch.float64, generator=generator)
+    u = u / torch.linalg.vector_norm(u.flatten(1), dim=1).view(-1, *[1] * len(net.input_shape))
+    swaps = [torch.rand(B, a.out_shape[0] // 2, *a.out_shape[1:], dtype=torch.float64, generator=generator) < 0.5
+             for a in layers]
+    best = torch.zeros(B, dtype=torch.float64)
+    g_top = (v @ head).view(B, *layers[-1].out_shape)     # ∂ form / ∂ (output of the last MinMax)
+    for _ in range(iters):
+        # forward with the current patterns: the inputs h_m and the pre-activations z_m = A_m h_m
+        ins, pre, h = [], [], u
+        for a, sw in zip(layers, swaps):
+            h = h.detach().requires_grad_(True)
+            ins.append(h)
+            pre.append(lin(a, h))
+            h = order(pre[-1].detach(), sw)
+        # top-down sweep: with u and the layers above fixed, the form is linear in each pair's order
+        # (value entering MinMax m from below, gradient leaving it from above); take the larger one
+        g, changed = g_top, False
+        for m in reversed(range(len(layers))):
+            fa, fb = _split(pre[m].detach(), 1)
+            ga, gb = _split(g, 1)
+            new = ga * fb + gb * fa > ga * fa + gb * fb
+            changed |= bool((new != swaps[m]).any())
+            swaps[m] = new
+            g, = torch.autograd.grad(pre[m], ins[m], order(g, new))   # Aₘᵀ Pₘ g (a pair swap is its own transpose)
+        # the best u for these patterns: the normalised gradient J_Pᵀ(e_j − e_i), of norm ‖J_Pᵀ(e_j − e_i)‖
+        n = torch.linalg.vector_norm(g.flatten(1), dim=1)
+        best = torch.maximum(best, n)
+        u = g / n.clamp_min(1e-300).view(-1, *[1] * len(net.input_shape))
+        if not changed:
+            break
+    omega = best.view(len(pairs), restarts).amax(1)
+    out = torch.zeros(C, C, dtype=torch.float64)
+    for k, (i, j) in enumerate(pairs):
+        out[i, j] = out[j, i] = omega[k]
+    return out
+
 def F_minmax(z: torch.Tensor) -> torch.Tensor:
     """MinMax along dimension 1 (float64 reference; no custom autograd)."""
     a, b = z.chunk(2, dim=1)
     return torch.cat([torch.minimum(a, b), torch.maximum(a, b)], dim=1)
 
 
-__all__ = ["GloroBounds", "ball_box_min", "smoothing_unattackable", "INTERMEDIATE"]
+__all__ = ["GloroBounds", "ball_box_min", "smoothing_unattackable", "INTERMEDIATE", "pattern_lipschitz_witness"]

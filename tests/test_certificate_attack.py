@@ -19,7 +19,7 @@ from torch import nn
 
 from degradation_lib import ABSTAIN, Certifier, GloroCertifier, GloroNet, LinearCertifier, LinfCertifier, SmoothedClassifier
 from degradation_lib.attacks import certificate_attack, implements_rejection_score
-from degradation_lib.bounds_l2 import GloroBounds, ball_box_min
+from degradation_lib.bounds_l2 import GloroBounds, ball_box_min, pattern_lipschitz_witness
 
 torch.set_num_threads(1)
 
@@ -299,6 +299,57 @@ def test_gloro_bounds_are_sound_against_pgd_and_the_attack(intermediate):
                             generator=torch.Generator().manual_seed(0))
     rejected = cert.certify(xp, eps) == ABSTAIN
     assert not (rejected & proof).any()
+
+
+TINY_ARCH = dict(input_shape=(1, 3, 3), layers=[("conv", 2, 2, 1, 0), ("dense", 4)])  # 4 + 2 MinMax pairs
+
+
+def _brute_force_pattern_lipschitz(net: GloroNet) -> torch.Tensor:
+    """max over all 2^6 MinMax orders P of ‖J_Pᵀ(e_j − e_i)‖₂, each J_P built column by column."""
+    import itertools
+    conv, dense, head = (m.weight.detach().double() for m in (net.body[0], net.body[1], net.head))
+    eye = torch.eye(9, dtype=torch.float64).view(9, 1, 3, 3)
+    best = torch.zeros(3, 3, dtype=torch.float64)
+    for bits in itertools.product([False, True], repeat=6):
+        s1 = torch.tensor(bits[:4]).view(1, 1, 2, 2)
+        s2 = torch.tensor(bits[4:]).view(1, 2)
+        z = torch.nn.functional.conv2d(eye, conv, stride=1, padding=0)          # [9, 2, 2, 2]
+        z = torch.cat([torch.where(s1, z[:, 1:], z[:, :1]), torch.where(s1, z[:, :1], z[:, 1:])], 1)
+        z = z.flatten(1) @ dense.T                                               # [9, 4]
+        z = torch.cat([torch.where(s2, z[:, 2:], z[:, :2]), torch.where(s2, z[:, :2], z[:, 2:])], 1)
+        J = (z @ head.T).T                                                       # [3 classes, 9 inputs]
+        for i in range(3):
+            for j in range(3):
+                best[i, j] = torch.maximum(best[i, j], (J[j] - J[i]).norm())
+    return best
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_pattern_witness_is_realised_and_finds_the_worst_pattern_on_a_tiny_net(seed):
+    """ω is a lower bound of the pattern-agnostic constant L* (brute force over all 64 orders),
+    reaches it here, and never exceeds GloRo's proven K."""
+    net = GloroNet(TINY_ARCH, num_classes=3, seed=seed)
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for p in net.parameters():
+            p.add_(0.5 * torch.randn(p.shape, generator=g))
+    cert = GloroCertifier(net.eval())
+    omega = pattern_lipschitz_witness(cert, restarts=64, generator=torch.Generator().manual_seed(seed))
+    L_star = _brute_force_pattern_lipschitz(net)
+    assert omega.shape == (3, 3) and torch.equal(omega, omega.T) and (omega.diagonal() == 0).all()
+    assert (omega <= L_star * (1 + 1e-12)).all()
+    assert torch.allclose(omega, L_star, rtol=1e-9, atol=0)
+    assert (L_star <= cert.K * (1 + 1e-12)).all()
+
+
+def test_pattern_witness_rejects_bad_arguments():
+    cert = gloro_small(0)
+    with pytest.raises(ValueError, match="iters"):
+        pattern_lipschitz_witness(cert, iters=0)
+    with pytest.raises(ValueError, match="restarts"):
+        pattern_lipschitz_witness(cert, restarts=1.5)
+    with pytest.raises(TypeError, match="GloroCertifier"):
+        pattern_lipschitz_witness(linf_small(0))
 
 
 def test_smoothing_bound_is_never_more_generous_than_the_infinite_sample_limit():
