@@ -45,6 +45,13 @@ sound bound. τ is searched by bisection on ‖δ(τ)‖ = ε and the best value
 box-only bound (τ → 0). MNIST images have many pixels at 0 that can only grow, so the box
 matters.
 
+How far a global constant can go
+--------------------------------
+:func:`pattern_lipschitz_witness` answers the other way round: it finds an order of every MinMax
+pair for which the (then linear) network's class difference has gradient norm ω_ij, a lower bound
+of every Lipschitz bound that holds whatever the orders (GloRo's K included). A point whose margins
+do not clear ε·(K + ω) stays undecided by every such constant (page 11 counts them).
+
 All computations run in float64.
 """
 
