@@ -481,11 +481,12 @@ def pattern_lipschitz_witness(certifier: GloroCertifier, *, iters: int = 30, res
         iters: most alternating rounds (one forward pass, one top-down sweep over the layers'
             patterns, one update of u; stops early when no pair changes); ≥ 1.
         restarts: random starts (u and pattern) per class pair; ≥ 1.
-        generator: seeds the starting directions (reproducible witness).
+        generator: a CPU ``torch.Generator`` for the random starts (reproducible witness, the same on
+            every device up to rounding).
 
     Returns:
-        ω ``[C, C]`` float64 on the CPU, symmetric, zero diagonal. Float64 rounding is ~1e-13
-        relative; ω is a lower bound of L*, not an upper bound.
+        ω ``[C, C]`` float64 on the CPU (computed on the net's device), symmetric, zero diagonal.
+        Float64 rounding is ~1e-13 relative; ω is a lower bound of L*, not an upper bound.
     """
     if not isinstance(certifier, GloroCertifier):
         raise TypeError(f"certifier must be a GloroCertifier, got {type(certifier).__name__}")
@@ -495,15 +496,15 @@ def pattern_lipschitz_witness(certifier: GloroCertifier, *, iters: int = 30, res
     net = certifier.model
     layers, shape = [], tuple(net.input_shape)
     for layer in net.body:
-        layers.append(_Affine(layer, shape))
+        layers.append(_Affine(layer, shape))        # float64 copies, on the net's device
         shape = layers[-1].out_shape
-    head = net.head.weight.detach().double().cpu()
-    C = head.shape[0]
+    head = net.head.weight.detach().double()
+    device, C = head.device, head.shape[0]
     pairs = [(i, j) for i in range(C) for j in range(i + 1, C)]
     v = torch.zeros(len(pairs) * restarts, C, dtype=torch.float64)
     for k, (i, j) in enumerate(pairs):
         v[k * restarts:(k + 1) * restarts, j], v[k * restarts:(k + 1) * restarts, i] = 1.0, -1.0
-    B = len(v)
+    v, B = v.to(device), len(v)
 
     def lin(a: _Affine, h):
         if a.conv is not None:
@@ -514,11 +515,12 @@ def pattern_lipschitz_witness(certifier: GloroCertifier, *, iters: int = 30, res
         lo, hi = _split(z, 1)
         return torch.cat([torch.where(swap, hi, lo), torch.where(swap, lo, hi)], dim=1)
 
+    # random starts drawn on the CPU (the generator's device), so the witness is the same on any device
     u = torch.randn(B, *net.input_shape, dtype=torch.float64, generator=generator)
-    u = u / torch.linalg.vector_norm(u.flatten(1), dim=1).view(-1, *[1] * len(net.input_shape))
-    swaps = [torch.rand(B, a.out_shape[0] // 2, *a.out_shape[1:], dtype=torch.float64, generator=generator) < 0.5
-             for a in layers]
-    best = torch.zeros(B, dtype=torch.float64)
+    u = (u / torch.linalg.vector_norm(u.flatten(1), dim=1).view(-1, *[1] * len(net.input_shape))).to(device)
+    swaps = [(torch.rand(B, a.out_shape[0] // 2, *a.out_shape[1:], dtype=torch.float64, generator=generator)
+              < 0.5).to(device) for a in layers]
+    best = torch.zeros(B, dtype=torch.float64, device=device)
     g_top = (v @ head).view(B, *layers[-1].out_shape)     # ∂ form / ∂ (output of the last MinMax)
     for _ in range(iters):
         # forward with the current patterns: the inputs h_m and the pre-activations z_m = A_m h_m
@@ -544,11 +546,12 @@ def pattern_lipschitz_witness(certifier: GloroCertifier, *, iters: int = 30, res
         u = g / n.clamp_min(1e-300).view(-1, *[1] * len(net.input_shape))
         if not changed:
             break
-    omega = best.view(len(pairs), restarts).amax(1)
+    omega = best.view(len(pairs), restarts).amax(1).cpu()
     out = torch.zeros(C, C, dtype=torch.float64)
     for k, (i, j) in enumerate(pairs):
         out[i, j] = out[j, i] = omega[k]
     return out
+
 
 def F_minmax(z: torch.Tensor) -> torch.Tensor:
     """MinMax along dimension 1 (float64 reference; no custom autograd)."""
