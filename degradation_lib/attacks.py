@@ -488,13 +488,76 @@ def _subset(generator, idx: torch.Tensor):
     return generator
 
 
+SCHEDULES = ("cosine", "apgd")
+"""Step rules of :func:`certificate_attack`."""
+
+
+def _apgd_checkpoints(steps: int) -> list[int]:
+    """APGD's checkpoints w_j = ⌈p_j·steps⌉ with p_0 = 0, p_1 = 0.22 and
+    p_{j+1} = p_j + max(p_j − p_{j−1} − 0.03, 0.06), up to 1 (Croce & Hein 2020, Section 3.2)."""
+    p = [0.0, 0.22]
+    while p[-1] + max(p[-1] - p[-2] - 0.03, 0.06) <= 1:
+        p.append(p[-1] + max(p[-1] - p[-2] - 0.03, 0.06))
+    return sorted({math.ceil(round(q * steps, 9)) for q in p})     # round: 0.57·100 is 57.000…01 in floats
+
+
+class _ApgdState:
+    """Per-point state of one APGD run of :func:`certificate_attack`, for the points still
+    standing: step size η, previous iterate and score, the run's best iterate (with its score and
+    gradient), and the counters of the current checkpoint interval."""
+
+    _FIELDS = ("eta", "prev", "prev_val", "best", "best_val", "best_grad", "success", "eta_mark", "best_mark")
+
+    def __init__(self, z: torch.Tensor, eps: float, steps: int):
+        n = z.shape[0]
+        self.eps = eps
+        self.checkpoints = _apgd_checkpoints(steps)
+        self.eta = torch.full((n,), 2 * eps, dtype=torch.float64, device=z.device)
+        self.prev = z.clone()
+        self.prev_val = torch.full((n,), -math.inf, dtype=torch.float64, device=z.device)
+        self.best = z.clone()
+        self.best_val = torch.full((n,), -math.inf, dtype=torch.float64, device=z.device)
+        self.best_grad = torch.zeros_like(z)
+        self.success = torch.zeros(n, dtype=torch.int64, device=z.device)
+        self.eta_mark, self.best_mark = self.eta.clone(), self.best_val.clone()
+
+    def keep(self, keep: torch.Tensor):
+        """Drop the points that left the batch (``keep`` bool ``[n]``)."""
+        for name in self._FIELDS:
+            setattr(self, name, getattr(self, name)[keep])
+
+    def step(self, k: int, x0: torch.Tensor, z: torch.Tensor, val: torch.Tensor, grad: torch.Tensor,
+             norm: float) -> torch.Tensor:
+        """Iterate k + 1 from iterate k (``z``, its score ``val`` float64 and gradient ``grad``),
+        projected on ``B_p(x0, ε) ∩ [0, 1]^d``."""
+        up = val > self.best_val
+        self.best[up], self.best_val[up], self.best_grad[up] = z[up], val[up], grad[up]
+        if k > 0:
+            self.success += (val > self.prev_val).to(torch.int64)
+        if k > 0 and k in self.checkpoints:
+            span = k - self.checkpoints[self.checkpoints.index(k) - 1]
+            halve = (self.success < 0.75 * span) | ((self.eta == self.eta_mark) & (self.best_val == self.best_mark))
+            self.eta[halve] /= 2
+            z, grad = z.clone(), grad.clone()
+            z[halve], grad[halve] = self.best[halve], self.best_grad[halve]
+            self.prev[halve] = z[halve]                   # no momentum out of a return to the best
+            self.success.zero_()
+            self.eta_mark, self.best_mark = self.eta.clone(), self.best_val.clone()
+        eta = self.eta.to(z.dtype).view((-1,) + (1,) * (z.dim() - 1))
+        towards = _project(x0, z + eta * _unit_step(grad, norm), self.eps, norm, 0.0, 1.0)
+        alpha = 1.0 if k == 0 else 0.75
+        new = _project(x0, z + alpha * (towards - z) + (1 - alpha) * (z - self.prev), self.eps, norm, 0.0, 1.0)
+        self.prev, self.prev_val = z, val
+        return new
+
+
 def certificate_attack(certifier: Certifier, x: torch.Tensor, eps: float, *, restarts: int = 2,
                        steps: int = 100, generator: torch.Generator | None = None,
                        labels: torch.Tensor | None = None, targets: int | None = 3,
                        rel_step: float = 0.25, final_rel_step: float = 0.01,
                        skip: torch.Tensor | None = None, skip_certified_2eps: bool = True,
                        exit_margin: float | None = None, score_kwargs: dict | None = None,
-                       return_info: bool = False):
+                       schedule: str = "cosine", return_info: bool = False):
     """A degradation attack on the certificate itself: ascend ``certifier.rejection_score`` over
     the ε-ball (Section 3's goal, without Algorithm 3.1's detour through 2ε).
 
@@ -505,7 +568,12 @@ def certificate_attack(certifier: Certifier, x: torch.Tensor, eps: float, *, res
     run. Runs, per restart (the first from x, the others from uniform random points of the
     ball): one on s itself and, where the certifier has ``per_class_scores``, one per runner-up
     class i (the ``targets`` classes with the largest per-class score at x), on the per-class
-    score of i (for GloRo y_i + ε·K_li − y_l; for the ℓ∞ certifier −LB_i). Early exit: a point
+    score of i (for GloRo y_i + ε·K_li − y_l; for the ℓ∞ certifier −LB_i). ``schedule="apgd"``
+    replaces the cosine schedule by an independent optimiser, the step rule of APGD (Croce & Hein,
+    ICML 2020): momentum 0.75 and a per-point step size that starts at 2ε and is halved, with a
+    return to the run's best iterate, at APGD's checkpoints (after 22 %, 41 %, 57 %, ... of the
+    steps) where fewer than 75 % of the steps since the last checkpoint increased the score or
+    neither the step size nor the run's best score changed. Early exit: a point
     whose score reaches ``exit_margin`` is frozen at that iterate and no longer evaluated (the
     batch shrinks), so every later step costs only the points still standing.
 
@@ -534,6 +602,9 @@ def certificate_attack(certifier: Certifier, x: torch.Tensor, eps: float, *, res
             surrogates, whose sign does not decide the check. (1e-5 keeps float rounding between
             the batched score and ``certify`` from stopping a point on the boundary.)
         score_kwargs: extra keyword arguments of ``rejection_score`` (e.g. ``samples``).
+        schedule: ``"cosine"`` (steps ``rel_step·ε`` → ``final_rel_step·ε``) or ``"apgd"`` (the APGD
+            step rule above; ``rel_step`` and ``final_rel_step`` are then unused). Same budget:
+            ``steps`` + 1 score evaluations per run.
         return_info: also return a dict of ``[N]`` tensors: ``score`` (the score at x'),
             ``score_clean`` (at x), ``evaluations`` (score evaluations spent on the point),
             ``skipped``.
@@ -562,6 +633,8 @@ def certificate_attack(certifier: Certifier, x: torch.Tensor, eps: float, *, res
     final_rel_step = check_eps(final_rel_step, "final_rel_step")
     if final_rel_step > rel_step:
         raise ValueError(f"final_rel_step must be <= rel_step, got {final_rel_step!r} > {rel_step!r}")
+    if schedule not in SCHEDULES:
+        raise ValueError(f"schedule must be one of {SCHEDULES}, got {schedule!r}")
     exact = bool(certifier.score_is_exact)
     if exit_margin is None:
         exit_margin = 1e-5 if exact else math.inf
@@ -624,6 +697,7 @@ def certificate_attack(certifier: Certifier, x: torch.Tensor, eps: float, *, res
             x0 = x[idx]
             z = x0.clone() if r == 0 else _random_start(x0, eps, norm, _subset(gen, idx))
             target = None if t is None else order[idx, t]
+            apgd = _ApgdState(z, eps, steps) if schedule == "apgd" else None
             for step in range(steps):
                 if idx.numel() == 0:
                     break
@@ -653,9 +727,14 @@ def certificate_attack(certifier: Certifier, x: torch.Tensor, eps: float, *, res
                 if hit.any():
                     done[idx[hit]] = True
                     keep = ~hit
-                    idx, z, x0, grad = idx[keep], z[keep], x0[keep], grad[keep]
+                    idx, z, x0, grad, val = idx[keep], z[keep], x0[keep], grad[keep], val[keep]
                     target = None if target is None else target[keep]
-                z = _project(x0, z + size * _unit_step(grad, norm), eps, norm, 0.0, 1.0)
+                    if apgd is not None:
+                        apgd.keep(keep)
+                if apgd is None:
+                    z = _project(x0, z + size * _unit_step(grad, norm), eps, norm, 0.0, 1.0)
+                else:
+                    z = apgd.step(step, x0, z, val, grad, norm)
             if idx.numel():
                 with torch.no_grad():
                     if use_targets:

@@ -312,8 +312,8 @@ EXPERIMENTS: dict[str, Experiment] = {
                              "ε-ball; not in the paper) with Algorithm 3.1 and ε-PGD on the same points, and the "
                              "sound unattackability bounds (notebook 11)", ("gloro", "linf", "smoothing"),
                              ("cert", "alg31", "eps_pgd"),
-                             dict(eps=None, steps=100, restarts=2, targets=3, baselines=True, bound=True,
-                                  n0=100, n=100_000, alpha=0.001, batch_size=2_000),
+                             dict(eps=None, steps=100, restarts=2, targets=3, schedule="cosine", baselines=True,
+                                  bound=True, n0=100, n=100_000, alpha=0.001, batch_size=2_000),
                              lambda *a: _certattack_compute(*a)),
 }
 """The registry of named experiments."""

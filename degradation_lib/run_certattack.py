@@ -5,6 +5,8 @@
         --param eps=0.1 --param restarts=1 --param targets=1
     python -m degradation_lib.experiments run certattack --model mnist_smooth_0.5 --num-images 20 \
         --param eps=0.5 --param steps=50 --param restarts=1
+    python -m degradation_lib.experiments run certattack --model mnist_0.3 --tag apgd --num-images 2000 \
+        --param schedule=apgd --param restarts=2 --param targets=9 --param baselines=False --param bound=False
 
 :func:`certattack_compute` computes one block of points (registered as ``EXPERIMENTS["certattack"]``
 in :mod:`degradation_lib.experiments`, which stores the merged run as
@@ -36,7 +38,8 @@ def certattack_compute(c, x, y, index, p, seed) -> dict:
 
     Clean columns as every experiment (``label``, ``pred``, ``cert_label``, ``radius``,
     ``certified``, ``certified_2eps``); the attacks run only on ``test_R`` (correct and certified
-    at ε), other points keep x' = x. Per attack ``a`` in ``cert`` (:func:`certificate_attack`) and,
+    at ε), other points keep x' = x. Per attack ``a`` in ``cert`` (:func:`certificate_attack`, step rule
+    ``p["schedule"]``) and,
     with ``baselines``, ``alg31`` (Algorithm 3.1: PGD at 2ε then projection; ℓ∞: sign-PGD on the
     true label, as Table 4) and ``eps_pgd`` (Appendix B.1): the store's ``rejected_<a>``,
     ``label_<a>``, ``pred_<a>``, ``dist_<a>``, ``radius_<a>``, ``outside_<a>``. Also
@@ -83,6 +86,7 @@ def certattack_compute(c, x, y, index, p, seed) -> dict:
                     sl = run[s0:s0 + step]
                     o, info = certificate_attack(c, x[sl], eps, restarts=p["restarts"], steps=p["steps"],
                                                  targets=p["targets"], labels=y[sl], skip=skipped[sl],
+                                                 schedule=p.get("schedule", "cosine"),
                                                  generator=gens[s0:s0 + step], return_info=True)
                     outs.append(o)
                     score_clean[sl.cpu().numpy()] = info["score_clean"].cpu().numpy()

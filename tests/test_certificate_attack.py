@@ -18,7 +18,8 @@ import torch
 from torch import nn
 
 from degradation_lib import ABSTAIN, Certifier, GloroCertifier, GloroNet, LinearCertifier, LinfCertifier, SmoothedClassifier
-from degradation_lib.attacks import certificate_attack, implements_rejection_score
+from degradation_lib.attacks import SCHEDULES, _ApgdState, _apgd_checkpoints, certificate_attack, implements_rejection_score
+from degradation_lib.run_certattack import attack_budget
 from degradation_lib.bounds_l2 import GloroBounds, ball_box_min, pattern_lipschitz_witness
 
 torch.set_num_threads(1)
@@ -166,13 +167,15 @@ def _exact_eps(r, quantile=0.6):
     return two_eps / 2
 
 
+@pytest.mark.parametrize("schedule", SCHEDULES)
 @pytest.mark.parametrize("norm", [2.0, math.inf])
-def test_attack_is_exact_on_an_exact_linear_certifier(norm):
+def test_attack_is_exact_on_an_exact_linear_certifier(norm, schedule):
     """Degradable ⇔ certified at ε and r(x) ≤ 2ε: the attack must reject exactly those points."""
     cert, x = linear_problem(4, norm=norm, seed=5)
     labels, r = cert.certified_radius(x)
     eps = _exact_eps(r)
-    xp, info = certificate_attack(cert, x, eps, generator=torch.Generator().manual_seed(0), return_info=True)
+    xp, info = certificate_attack(cert, x, eps, generator=torch.Generator().manual_seed(0), return_info=True,
+                                  schedule=schedule)
     assert (lp(xp - x, norm) <= eps * (1 + 1e-9)).all() and xp.min() >= 0 and xp.max() <= 1
     certified = r > eps
     away = (r - 2 * eps).abs() > 1e-3 * eps
@@ -194,11 +197,13 @@ def _points_and_eps(cert, n: int, seed: int):
     return x, labels, r, float(r.median()) / 1.5
 
 
-def test_attack_on_gloro_never_flips_and_never_beats_the_2eps_check():
+@pytest.mark.parametrize("schedule", SCHEDULES)
+def test_attack_on_gloro_never_flips_and_never_beats_the_2eps_check(schedule):
     cert = gloro_small(1)
     x, labels, r, eps = _points_and_eps(cert, 80, seed=6)
     xp, info = certificate_attack(cert, x, eps, generator=torch.Generator().manual_seed(0), steps=60,
-                                  skip_certified_2eps=False, return_info=True)
+                                  skip_certified_2eps=False, return_info=True, schedule=schedule)
+    assert info["evaluations"].max() <= attack_budget(dict(restarts=2, targets=3, steps=60))
     certified = r > eps
     assert (lp(xp - x, 2.0) <= eps * (1 + 1e-6)).all() and xp.min() >= 0 and xp.max() <= 1
     assert torch.equal(cert.predict(xp)[certified], labels[certified])
@@ -210,7 +215,7 @@ def test_attack_on_gloro_never_flips_and_never_beats_the_2eps_check():
     assert torch.allclose(s.double(), info["score"], atol=1e-4)
     # same generator seed, same points
     again = certificate_attack(cert, x, eps, generator=torch.Generator().manual_seed(0), steps=60,
-                               skip_certified_2eps=False)
+                               skip_certified_2eps=False, schedule=schedule)
     assert torch.equal(again, xp)
 
 
@@ -228,11 +233,38 @@ def test_attack_on_the_linf_certifier_uses_its_bound():
 
 
 @pytest.mark.parametrize("kwargs", [dict(restarts=0), dict(steps=0), dict(targets=-1),
-                                    dict(rel_step=0.1, final_rel_step=0.2), dict(skip=torch.zeros(3, dtype=torch.bool))])
+                                    dict(rel_step=0.1, final_rel_step=0.2), dict(skip=torch.zeros(3, dtype=torch.bool)),
+                                    dict(schedule="adam")])
 def test_attack_bad_arguments_raise(kwargs):
     cert, x = linear_problem(3, n=5)
     with pytest.raises(ValueError):
         certificate_attack(cert, x, 0.1, **kwargs)
+
+
+def test_apgd_checkpoints_are_the_papers():
+    """Croce & Hein (2020), Section 3.2: p_0 = 0, p_1 = 0.22, p_{j+1} = p_j + max(p_j − p_{j−1} − 0.03,
+    0.06); for 100 steps the checkpoints are 0, 22, 41, 57, 70, 80, 87, 93, 99 (by hand)."""
+    assert _apgd_checkpoints(100) == [0, 22, 41, 57, 70, 80, 87, 93, 99]
+    assert _apgd_checkpoints(1000)[:4] == [0, 220, 410, 570]
+
+
+def test_apgd_halves_the_step_on_a_plateau_and_returns_to_the_best():
+    """A constant score never improves: at the first checkpoint every point halves η and restarts
+    from the run's best iterate (its first one); on a strictly increasing score η stays 2ε."""
+    x0 = torch.full((3, 1, 2, 2), 0.5, dtype=torch.float64)
+    for increasing in (False, True):
+        state = _ApgdState(x0.clone(), 0.1, 10)                 # checkpoints 0, 3, 5, 6, 7, ...; the first at k = 3
+        z = x0.clone()
+        grad = torch.ones_like(z)
+        for k in range(4):
+            val = torch.full((3,), float(k) if increasing else 1.0, dtype=torch.float64)
+            z = state.step(k, x0, z, val, grad, 2.0)
+            assert (torch.linalg.vector_norm((z - x0).flatten(1), dim=1) <= 0.1 + 1e-12).all()
+        if increasing:
+            assert torch.equal(state.eta, torch.full((3,), 0.2, dtype=torch.float64))
+        else:
+            assert torch.equal(state.eta, torch.full((3,), 0.1, dtype=torch.float64))
+            assert torch.equal(state.prev, x0)                      # returned to the best iterate x0
 
 
 # ----------------------------------------------------------------------------- sound bounds
