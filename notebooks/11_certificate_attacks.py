@@ -641,6 +641,37 @@ glue("witness_s", t_witness, display=False)
 # constant close to the witness would make the 90 % share possible there.
 
 # %% [markdown]
+# ## Whose gap is it? Certifier by certifier
+#
+# * **Exact certifier** (linear classifiers, `LinearCertifier`): the $2\epsilon$ check is exact, and
+#   the attack rejects exactly the points with radius at most $2\epsilon$ (tests): no gap.
+# * **$\ell_\infty$ bound propagation** (Wong–Kolter, $\epsilon = 0.1$): descending the certified
+#   bound reaches {glue:text}`share_linf_01:.1%` of the paper's bound on {glue:text}`images_linf_01:,`
+#   test images, against {glue:text}`alg31_linf_01:.1%` for Algorithm 3.1. The gap was the attack's.
+# * **GloRo, mnist_1.58**: the certificate attack reaches {glue:text}`share_158:.1%` (Algorithm 3.1:
+#   {glue:text}`alg31_158:.1%`). A {glue:text}`strong_ratio:.0f` times larger budget and a second
+#   optimiser add little: {glue:text}`apgd_reach_158:.1%` with every attack. The points still missed
+#   would need a slope over the whole path that their margins do not have at $x$. Most of the
+#   remaining gap is therefore most likely the bound's, but no sound bound here proves a single one
+#   of these points out of reach, and a bound built on any pattern-agnostic Lipschitz constant
+#   could decide at most {glue:text}`witness_dec_158` of the {glue:text}`witness_missed_158`.
+# * **GloRo, mnist_0.3** (ours and the authors'): {glue:text}`share_03:.1%` and
+#   {glue:text}`share_03_authors:.1%` of the bound (Algorithm 3.1: {glue:text}`alg31_03:.1%` and
+#   {glue:text}`alg31_03_authors:.1%`); every further attack together adds almost nothing
+#   ({glue:text}`apgd_reach_03:.1%` and {glue:text}`apgd_reach_03_authors:.1%` in all). Of the
+#   {glue:text}`slope_n` points measured above, the attack degrades {glue:text}`degraded_low:.0%`
+#   of those with radius up to $1.5\epsilon$ and {glue:text}`degraded_high:.0%` of the others. The
+#   gap is most likely the bound's; proving it needs a sound *local* bound over the MinMax orders
+#   that occur on each ball, since no global constant can make the attacks reach more than
+#   {glue:text}`witness_best_03:.1%` of the bound it gives.
+# * **Randomized smoothing** ({glue:text}`images_smooth_05` images per model): the attack reaches
+#   {glue:text}`share_smooth_025:.1%`, {glue:text}`share_smooth_05:.1%` and
+#   {glue:text}`share_smooth_10:.1%` of the bound for $\sigma$ = 0.25, 0.5 and 1.0. At
+#   $\sigma = 0.25$ the bound holds every certified point because CERTIFY's radius is capped below
+#   $2\epsilon$; the points it over-counts there are those whose true radius exceeds $2\epsilon$,
+#   which CERTIFY at $n = 100{,}000$ cannot tell apart (the smoothing bound above).
+
+# %% [markdown]
 # ## Cost
 #
 # One step of the attack costs one forward and backward pass of the rejection score on the points
