@@ -219,6 +219,31 @@ def test_attack_on_gloro_never_flips_and_never_beats_the_2eps_check(schedule):
     assert torch.equal(again, xp)
 
 
+@pytest.mark.parametrize("schedule", SCHEDULES)
+def test_attack_on_the_smoothing_surrogate_moves_straight_to_the_hyperplane(schedule):
+    """Hard linear vote (base f(x) = sign(w·x), logits scaled by 1e4): the surrogate grows as x' nears
+    the hyperplane, so its maximiser over the ε-ball (the box never binds here) moves x by exactly ε
+    along ∓w. Both step rules must find it through the Monte-Carlo noise of the score."""
+    g = torch.Generator().manual_seed(3)
+    w = torch.randn(6, generator=g)
+    lin = nn.Linear(6, 2)
+    with torch.no_grad():
+        lin.weight.copy_(1e4 * torch.stack([w, -w]) / 2)
+        lin.bias.zero_()
+    eps = 0.1
+    smooth = SmoothedClassifier(nn.Sequential(nn.Flatten(), lin), 2, sigma=0.3, n=100)
+    x = (0.5 + 0.1 * torch.randn(60, 6, generator=g)).clamp(0.2, 0.8)     # ε-ball inside [0, 1]^6
+    dist = (x @ w).abs() / w.norm()
+    x, dist = x[dist > 1.5 * eps], dist[dist > 1.5 * eps]
+    xp = certificate_attack(smooth, x, eps, steps=30, restarts=1, targets=0, score_kwargs=dict(samples=2000),
+                            labels=((x @ w) < 0).long(), generator=torch.Generator().manual_seed(5),
+                            schedule=schedule)
+    moved = dist - (xp @ w).abs() / w.norm()
+    assert len(x) > 30
+    assert (lp(xp - x, 2.0) <= eps * (1 + 1e-6)).all()
+    assert (moved >= 0.99 * eps).all()
+
+
 def test_attack_on_the_linf_certifier_uses_its_bound():
     cert = linf_small(2)
     x, labels, r, eps = _points_and_eps(cert, 40, seed=7)
