@@ -63,6 +63,14 @@ def key_of(name: str) -> str:
     """The glue-name suffix of a model: ``mnist_0.3_authors`` → ``03_authors``."""
     return name.replace("mnist_", "").replace(".", "")
 
+
+def glue_per_model(frame: pd.DataFrame, names, spec: dict) -> None:
+    """Glue ``cast(frame.loc[name, column])`` as ``f"{prefix}_{key_of(name)}"`` for every model
+    ``name`` and every ``prefix: (column, cast)`` of ``spec``."""
+    for name in names:
+        for prefix, (column, cast) in spec.items():
+            glue(f"{prefix}_{key_of(name)}", cast(frame.loc[name, column]), display=False)
+
 # %% [markdown]
 # ## The rejection score
 #
@@ -166,14 +174,9 @@ display(shown.set_index("model"))
 
 # %% tags=["remove-input"]
 by = table.set_index("model")
-for name in models:
-    key = key_of(name)
-    glue(f"share_{key}", float(by.loc[name, "cert_share"]), display=False)
-    glue(f"alg31_{key}", float(by.loc[name, "alg31_share"]), display=False)
-    glue(f"images_{key}", int(by.loc[name, "images"]), display=False)
-    glue(f"ub_{key}", int(by.loc[name, "upper_bound"]), display=False)
-    glue(f"cert_{key}", int(by.loc[name, "cert"]), display=False)
-    glue(f"outside_{key}", int(by.loc[name, "cert_outside_ub"]), display=False)
+glue_per_model(by, models, {"share": ("cert_share", float), "alg31": ("alg31_share", float),
+                            "images": ("images", int), "ub": ("upper_bound", int), "cert": ("cert", int),
+                            "outside": ("cert_outside_ub", int)})
 glue("flipped_total", int(table["flipped"].sum()), display=False)
 
 # %% [markdown]
@@ -449,12 +452,9 @@ glue("strong_steps", int(row["steps"]), display=False)
 glue("strong_reach", float(row["reach"]), display=False)
 glue("strong_need", float((0.9 * row["upper bound"] - row["degraded (stored run)"]) / row["missed"]), display=False)
 glue("strong_need_k", int(math.ceil(0.9 * row["upper bound"] - row["degraded (stored run)"])), display=False)
-for name in ("mnist_0.3", "mnist_0.3_authors"):
-    key = key_of(name)
-    glue(f"strong_k_{key}", int(st.loc[name, "degraded by the stronger attack"]), display=False)
-    glue(f"strong_n_{key}", int(st.loc[name, "missed"]), display=False)
-    glue(f"strong_reach_{key}", float(st.loc[name, "reach"]), display=False)
-    glue(f"strong_unreached_{key}", 1 - float(st.loc[name, "reach"]), display=False)
+glue_per_model(st.assign(unreached=1 - st["reach"]), ("mnist_0.3", "mnist_0.3_authors"), {
+    "strong_k": ("degraded by the stronger attack", int), "strong_n": ("missed", int),
+    "strong_reach": ("reach", float), "strong_unreached": ("unreached", float)})
 
 # %% tags=["remove-input", "nbval-ignore-output"]
 glue("strong_cpu_h", float(row["cpu_s"]) / 3600, display=False)
@@ -518,12 +518,10 @@ display(ap.drop(columns=["cpu_s", "restarts", "targets"]).assign(**{
     "reach": [f"{v:.1%}" for v in ap["reach"]]}).rename(columns={"reach": "all attacks reach"}))
 
 # %% tags=["remove-input"]
-for name in ap.index:
-    key = key_of(name)
-    for col, tag in (("upper bound", "ub"), ("APGD", "k"), ("both", "both"), ("APGD only", "only"),
-                     ("cosine only", "cos_only"), ("APGD, missed by all other attacks", "new")):
-        glue(f"apgd_{tag}_{key}", int(ap.loc[name, col]), display=False)
-    glue(f"apgd_reach_{key}", float(ap.loc[name, "reach"]), display=False)
+glue_per_model(ap, ap.index, {
+    "apgd_ub": ("upper bound", int), "apgd_k": ("APGD", int), "apgd_both": ("both", int),
+    "apgd_only": ("APGD only", int), "apgd_cos_only": ("cosine only", int),
+    "apgd_new": ("APGD, missed by all other attacks", int), "apgd_reach": ("reach", float)})
 glue("apgd_ratio", float(ap.loc["mnist_1.58", "budget × stored"]), display=False)
 glue("apgd_targets", int(ap.loc["mnist_1.58", "targets"]), display=False)
 glue("apgd_restarts", int(ap.loc["mnist_1.58", "restarts"]), display=False)
@@ -611,13 +609,10 @@ display(ceiling.assign(**{
     "reached / tighter bound (at most)": [f"{v:.1%}" for v in ceiling["reached / tighter bound (at most)"]]}))
 
 # %% tags=["remove-input", "nbval-ignore-output"]
-for name in witness_models:
-    key = key_of(name)
-    glue(f"witness_ratio_{key}", float(ceiling.loc[name, "ω / K (median)"]), display=False)
-    glue(f"witness_dec_{key}", int(ceiling.loc[name, "decidable at most"]), display=False)
-    glue(f"witness_missed_{key}", int(ceiling.loc[name, "missed"]), display=False)
-    glue(f"witness_undec_{key}", int(ceiling.loc[name, "undecidable"]), display=False)
-    glue(f"witness_best_{key}", float(ceiling.loc[name, "reached / tighter bound (at most)"]), display=False)
+glue_per_model(ceiling, witness_models, {
+    "witness_ratio": ("ω / K (median)", float), "witness_dec": ("decidable at most", int),
+    "witness_missed": ("missed", int), "witness_undec": ("undecidable", int),
+    "witness_best": ("reached / tighter bound (at most)", float)})
 glue("witness_restarts", witness_restarts, display=False)
 glue("witness_s", t_witness, display=False)
 
