@@ -140,6 +140,12 @@ class _Affine:
             return F.conv2d(h, self.weight, self.bias, **self.conv)
         return F.linear(h.flatten(1), self.weight, self.bias)
 
+    def linear(self, h: torch.Tensor) -> torch.Tensor:
+        """``A·h``, the layer without its bias."""
+        if self.conv is not None:
+            return F.conv2d(h, self.weight, None, **self.conv)
+        return F.linear(h.flatten(1), self.weight)
+
     def interval(self, lo: torch.Tensor, hi: torch.Tensor):
         c, r = (hi + lo) / 2, (hi - lo) / 2
         if self.conv is not None:
@@ -506,11 +512,6 @@ def pattern_lipschitz_witness(certifier: GloroCertifier, *, iters: int = 30, res
         v[k * restarts:(k + 1) * restarts, j], v[k * restarts:(k + 1) * restarts, i] = 1.0, -1.0
     v, B = v.to(device), len(v)
 
-    def lin(a: _Affine, h):
-        if a.conv is not None:
-            return F.conv2d(h, a.weight, None, **a.conv)
-        return F.linear(h.flatten(1), a.weight)
-
     def order(z, swap):
         lo, hi = _split(z, 1)
         return torch.cat([torch.where(swap, hi, lo), torch.where(swap, lo, hi)], dim=1)
@@ -523,23 +524,21 @@ def pattern_lipschitz_witness(certifier: GloroCertifier, *, iters: int = 30, res
     best = torch.zeros(B, dtype=torch.float64, device=device)
     g_top = (v @ head).view(B, *layers[-1].out_shape)     # ∂ form / ∂ (output of the last MinMax)
     for _ in range(iters):
-        # forward with the current patterns: the inputs h_m and the pre-activations z_m = A_m h_m
-        ins, pre, h = [], [], u
+        # forward with the current patterns: the pre-activations z_m = A_m h_m
+        pre, h = [], u
         for a, sw in zip(layers, swaps):
-            h = h.detach().requires_grad_(True)
-            ins.append(h)
-            pre.append(lin(a, h))
-            h = order(pre[-1].detach(), sw)
+            pre.append(a.linear(h))
+            h = order(pre[-1], sw)
         # top-down sweep: with u and the layers above fixed, the form is linear in each pair's order
         # (value entering MinMax m from below, gradient leaving it from above); take the larger one
         g, changed = g_top, False
         for m in reversed(range(len(layers))):
-            fa, fb = _split(pre[m].detach(), 1)
+            fa, fb = _split(pre[m], 1)
             ga, gb = _split(g, 1)
             new = ga * fb + gb * fa > ga * fa + gb * fb
             changed |= bool((new != swaps[m]).any())
             swaps[m] = new
-            g, = torch.autograd.grad(pre[m], ins[m], order(g, new))   # Aₘᵀ Pₘ g (a pair swap is its own transpose)
+            g = layers[m].back(order(g, new).unsqueeze(1))[0][:, 0]   # Aₘᵀ Pₘ g (a pair swap is its own transpose)
         # the best u for these patterns: the normalised gradient J_Pᵀ(e_j − e_i), of norm ‖J_Pᵀ(e_j − e_i)‖
         n = torch.linalg.vector_norm(g.flatten(1), dim=1)
         best = torch.maximum(best, n)
